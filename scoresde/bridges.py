@@ -1,0 +1,157 @@
+"""Bridges between parameterisations; everything reduces to ``score(x: [B, *D], t: [B]) -> [B, *D]``.
+
+Two coordinate conventions (``shared/MATH.md``):
+
+* **VP coordinates** (score_sde, DDPM, diffusers): the model sees x_t = alpha(t) x_0 + sigma(t) z and t.
+    eps:       score = -eps / sigma(t)                      eps = -sigma(t) score
+    denoiser:  score = (alpha(t) x0_hat - x) / sigma(t)^2    x0_hat = (x + sigma(t)^2 score) / alpha(t)
+* **VE-ised coordinates** (EDM, k-diffusion): the model sees x~ = x / alpha(t) and the noise level
+  sigma~ = sigma(t) / alpha(t), i.e. it is called as ``model(x / alpha, sigma~)`` with sigma~ of shape ``[B]``.
+  Since grad_x log p_t(x) = (1/alpha) grad_x~ log p~(x~) and grad_x~ log p~ = (D - x~)/sigma~^2 = -eps/sigma~:
+    eps:       score = -eps(x~, sigma~) / sigma(t)          (the same eps as in VP coordinates)
+    denoiser:  score = (alpha D(x~, sigma~) - x) / sigma(t)^2
+
+The two eps conventions differ only in what the network is fed; mixing them (feeding x instead of
+x / alpha) is the classic bug, so every bridge names its convention.  The reverse bridges
+(``score_to_*``) let a score model be used where an eps-model or denoiser is expected, e.g. with
+k-diffusion-style code; in VE-ised coordinates they need t(sigma~), from ``SDE.t_from_sigma_ve``.
+
+Each bridge is a small frozen dataclass, so it pickles, compares and prints, and the round trips
+``score_to_eps(eps_to_score(f))`` are the identity up to floating point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ._checks import append_dims
+from .sdes import SDE, ScoreFn
+
+__all__ = [
+    "eps_to_score",
+    "score_to_eps",
+    "denoiser_to_score",
+    "score_to_denoiser",
+    "ve_eps_to_score",
+    "score_to_ve_eps",
+    "ve_denoiser_to_score",
+    "score_to_ve_denoiser",
+    "Bridge",
+]
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _coeffs(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (append_dims(sde.alpha(t).to(x.dtype), x.ndim), append_dims(sde.sigma(t).to(x.dtype), x.ndim))
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """``fn`` adapted to another parameterisation under ``sde``; ``kind`` names the conversion."""
+
+    fn: ModelFn
+    sde: SDE
+    kind: str
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return _CONVERSIONS[self.kind](self.fn, self.sde, x, t)
+
+
+def _eps_to_score(fn, sde, x, t):
+    return -fn(x, t) / _coeffs(sde, t, x)[1]
+
+
+def _score_to_eps(fn, sde, x, t):
+    return -_coeffs(sde, t, x)[1] * fn(x, t)
+
+
+def _denoiser_to_score(fn, sde, x, t):
+    alpha, sigma = _coeffs(sde, t, x)
+    return (alpha * fn(x, t) - x) / sigma**2
+
+
+def _score_to_denoiser(fn, sde, x, t):
+    alpha, sigma = _coeffs(sde, t, x)
+    return (x + sigma**2 * fn(x, t)) / alpha
+
+
+def _ve_eps_to_score(fn, sde, x, t):
+    alpha, sigma = _coeffs(sde, t, x)
+    return -fn(x / alpha, sde.sigma_ve(t).to(x.dtype)) / sigma
+
+
+def _ve_denoiser_to_score(fn, sde, x, t):
+    alpha, sigma = _coeffs(sde, t, x)
+    return (alpha * fn(x / alpha, sde.sigma_ve(t).to(x.dtype)) - x) / sigma**2
+
+
+def _score_to_ve_eps(fn, sde, x_ve, sigma_ve):
+    # x_ve = x / alpha at noise level sigma_ve; recover t and x, then eps = -sigma s.
+    t = sde.t_from_sigma_ve(sigma_ve)
+    alpha, sigma = _coeffs(sde, t, x_ve)
+    return -sigma * fn(alpha * x_ve, t)
+
+
+def _score_to_ve_denoiser(fn, sde, x_ve, sigma_ve):
+    t = sde.t_from_sigma_ve(sigma_ve)
+    alpha, sigma = _coeffs(sde, t, x_ve)
+    x = alpha * x_ve
+    return (x + sigma**2 * fn(x, t)) / alpha
+
+
+_CONVERSIONS = {
+    "eps->score": _eps_to_score,
+    "score->eps": _score_to_eps,
+    "denoiser->score": _denoiser_to_score,
+    "score->denoiser": _score_to_denoiser,
+    "ve_eps->score": _ve_eps_to_score,
+    "ve_denoiser->score": _ve_denoiser_to_score,
+    "score->ve_eps": _score_to_ve_eps,
+    "score->ve_denoiser": _score_to_ve_denoiser,
+}
+
+
+def eps_to_score(eps_fn: ModelFn, sde: SDE) -> ScoreFn:
+    """VP coordinates: score(x, t) = -eps(x, t) / sigma(t) (DDPM's eps-network as a score)."""
+    return Bridge(eps_fn, sde, "eps->score")
+
+
+def score_to_eps(score_fn: ScoreFn, sde: SDE) -> ModelFn:
+    """VP coordinates: eps(x, t) = -sigma(t) score(x, t)."""
+    return Bridge(score_fn, sde, "score->eps")
+
+
+def denoiser_to_score(denoiser_fn: ModelFn, sde: SDE) -> ScoreFn:
+    """VP coordinates: score(x, t) = (alpha(t) x0_hat(x, t) - x) / sigma(t)^2 (Tweedie's formula inverted)."""
+    return Bridge(denoiser_fn, sde, "denoiser->score")
+
+
+def score_to_denoiser(score_fn: ScoreFn, sde: SDE) -> ModelFn:
+    """VP coordinates: x0_hat(x, t) = (x + sigma(t)^2 score(x, t)) / alpha(t) (Tweedie's formula)."""
+    return Bridge(score_fn, sde, "score->denoiser")
+
+
+def ve_eps_to_score(eps_fn: ModelFn, sde: SDE) -> ScoreFn:
+    """VE-ised coordinates: ``eps_fn(x / alpha, sigma_ve)`` with sigma_ve = sigma/alpha; score = -eps / sigma(t)."""
+    return Bridge(eps_fn, sde, "ve_eps->score")
+
+
+def ve_denoiser_to_score(denoiser_fn: ModelFn, sde: SDE) -> ScoreFn:
+    """VE-ised coordinates (EDM's D(x~, sigma~)): score(x, t) = (alpha D(x / alpha, sigma_ve) - x) / sigma(t)^2."""
+    return Bridge(denoiser_fn, sde, "ve_denoiser->score")
+
+
+def score_to_ve_eps(score_fn: ScoreFn, sde: SDE) -> ModelFn:
+    """VE-ised coordinates: eps(x~, sigma~) = -sigma(t) score(alpha x~, t) with t = t(sigma~)."""
+    return Bridge(score_fn, sde, "score->ve_eps")
+
+
+def score_to_ve_denoiser(score_fn: ScoreFn, sde: SDE) -> ModelFn:
+    """VE-ised coordinates: D(x~, sigma~) = x~ + sigma~^2 score(alpha x~, t) alpha with t = t(sigma~).
+
+    Equivalently (x + sigma^2 score(x, t)) / alpha with x = alpha x~, which is how it is computed.
+    """
+    return Bridge(score_fn, sde, "score->ve_denoiser")
