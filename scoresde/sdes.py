@@ -112,7 +112,7 @@ class SDE(abc.ABC):
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean alpha(t) x0 (shape of ``x0``) and std sigma(t) (shape ``[B]``) of p_t(x | x0)."""
         self.check_time(t)
-        return append_dims(self.alpha(t), x0.ndim) * x0, self.sigma(t)
+        return append_dims(self.alpha(t).to(x0.dtype), x0.ndim) * x0, self.sigma(t).to(x0.dtype)
 
     def perturb(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x_t = alpha(t) x0 + sigma(t) z, given the noise ``z`` (shape of ``x0``)."""
@@ -158,7 +158,7 @@ class SDE(abc.ABC):
         f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i); for VE, f = 0, G = sqrt(sigma_i^2 - sigma_{i-1}^2).
         """
         a, b = self.transition(s, t)
-        return (append_dims(a, x.ndim) - 1) * x, b
+        return (append_dims(a.to(x.dtype), x.ndim) - 1) * x, b.to(x.dtype)
 
     def timesteps(
         self, num_steps: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
@@ -181,7 +181,7 @@ class SDE(abc.ABC):
 
         Used with a negative time step: x_{t - dt} = x_t - reverse_drift * dt (+ g sqrt(dt) z).
         """
-        g2 = append_dims(self.diffusion(t) ** 2, x.ndim)
+        g2 = append_dims(self.diffusion(t).to(x.dtype) ** 2, x.ndim)
         weight = 0.5 if probability_flow else 1.0
         return self.drift(x, t) - weight * g2 * score
 
@@ -278,7 +278,7 @@ class _LinearBetaSDE(SDE):
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def drift(self, x, t):
-        return -0.5 * append_dims(self.beta(t), x.ndim) * x
+        return -0.5 * append_dims(self.beta(t).to(x.dtype), x.ndim) * x
 
     @property
     def prior_std(self):
@@ -286,11 +286,13 @@ class _LinearBetaSDE(SDE):
 
     def _t_from_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
         # Solve (beta_max - beta_min)/4 t^2 + beta_min/2 t + log_alpha = 0 for t >= 0.
+        # Written as 2c / (b + sqrt(b^2 + 4ac)), c = -log_alpha >= 0, which has no cancellation
+        # (the textbook (-b + sqrt(...)) / 2a loses digits at small t, badly so in float32) and
+        # also covers a = 0 (beta_min = beta_max).
         a = 0.25 * (self.beta_max - self.beta_min)
         b = 0.5 * self.beta_min
-        if a == 0:
-            return -log_alpha / b
-        return (-b + torch.sqrt(b * b - 4 * a * log_alpha)) / (2 * a)
+        c = -log_alpha
+        return 2 * c / (b + torch.sqrt(b * b + 4 * a * c))
 
     def _repr_fields(self):
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
@@ -339,9 +341,10 @@ class SubVPSDE(_LinearBetaSDE):
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_alpha(t)))
 
     def t_from_sigma_ve(self, sigma_ve):
-        # (1 - u^2)/u = sigma_ve with u = alpha  =>  u = (sqrt(sigma_ve^2 + 4) - sigma_ve)/2
-        u = (torch.sqrt(sigma_ve**2 + 4) - sigma_ve) / 2
-        return self._t_from_log_alpha(torch.log(u))
+        # (1 - u^2)/u = sigma_ve with u = alpha  =>  u = (sqrt(sigma_ve^2 + 4) - sigma_ve)/2,
+        # i.e. log alpha = -asinh(sigma_ve / 2); the asinh form is accurate at both ends (the
+        # quotient form cancels at large sigma_ve, and log(u) with u ~ 1 loses digits at small t).
+        return self._t_from_log_alpha(-torch.asinh(sigma_ve / 2))
 
 
 class DiscreteVPSDE(SDE):
@@ -406,11 +409,12 @@ class DiscreteVPSDE(SDE):
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """Piecewise-constant rate beta(t) = -N log(1 - beta_k) on (t_{k-1}, t_k]."""
         _, rates = self._tables(t)
-        k = (t * self.num_steps).ceil().long().clamp(1, self.num_steps) - 1
+        # 1e-4 (in units of knots) absorbs float32 round-off at the knots themselves
+        k = (t * self.num_steps - 1e-4).ceil().long().clamp(1, self.num_steps) - 1
         return rates[k]
 
     def drift(self, x, t):
-        return -0.5 * append_dims(self.beta(t), x.ndim) * x
+        return -0.5 * append_dims(self.beta(t).to(x.dtype), x.ndim) * x
 
     def diffusion(self, t):
         return torch.sqrt(self.beta(t))

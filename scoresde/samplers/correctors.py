@@ -1,0 +1,95 @@
+"""Correctors: Langevin MCMC steps at a fixed time t that leave p_t (approximately) invariant.
+
+Each corrector is a frozen dataclass with ``step(x, score_fn, sde, t, t_next, generator) -> (x, x_mean)``;
+it evaluates the score itself (once per call).  ``t_next`` (the next grid time, 0 after the last)
+only enters through a = alpha(t)^2 / alpha(t_next)^2, the one-step alpha of the continuous
+schedule (score_sde uses an index into a discrete table, issue #73; a = 1 for VE).
+
+* ``LangevinCorrector`` (Song et al. 2021, Alg. 4/5, signal-to-noise ratio r):
+  eps = 2 a (r ||z|| / ||s||)^2,  x_mean = x + eps s,  x = x_mean + sqrt(2 eps) z.
+  ``norm="per_sample"`` (default) uses each sample's own ||z|| and ||s||, so samples do not
+  interact; ``"batch"`` averages both norms over the batch as score_sde does (couples samples,
+  results depend on the batch); ``"sqrt_d"`` uses ||z|| = sqrt(d), the paper's suggestion for
+  small batches, with per-sample ||s||.
+
+  Per-sample norms need a high dimension d, where ||s|| concentrates around its mean.  In low d
+  (the 2-D toys) ||s|| -> 0 at mode centres makes eps ~ 1/||s||^2 heavy-tailed and the chain
+  explodes: measured on the 5x5 grid target with the exact score, 200-step PC, snr 0.1,
+  sliced-W2 / floor = 19 with "per_sample" against 1.4 with "batch".  Use "batch" or
+  ``AnnealedLangevinCorrector`` for d below a few tens.
+* ``AnnealedLangevinCorrector`` (score_sde's ``AnnealedLangevinDynamics``, NCSN's step rule):
+  eps = 2 a (r sigma(t))^2,  x_mean = x + eps s,  x = x_mean + sqrt(2 eps) z.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import append_dims, check_in, check_positive
+from ..sdes import SDE
+from .base import CountedScore, per_sample_norm, randn_like
+
+__all__ = ["Corrector", "LangevinCorrector", "AnnealedLangevinCorrector"]
+
+
+class Corrector(abc.ABC):
+    """One MCMC step at time ``t`` (one score evaluation)."""
+
+    @abc.abstractmethod
+    def step(
+        self, x: torch.Tensor, score_fn: CountedScore, sde: SDE, t: torch.Tensor, t_next: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x, x_mean) at the same time ``t``."""
+
+
+def _one_step_alpha(sde: SDE, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    return (2 * (sde.log_alpha(t) - sde.log_alpha(t_next))).exp()
+
+
+@dataclass(frozen=True)
+class LangevinCorrector(Corrector):
+    """Langevin corrector with the signal-to-noise step rule; ``snr`` > 0, ``norm`` in per_sample | batch | sqrt_d."""
+
+    snr: float = 0.1
+    norm: str = "per_sample"
+
+    def __post_init__(self):
+        check_positive("snr", self.snr)
+        check_in("norm", self.norm, ("per_sample", "batch", "sqrt_d"))
+
+    def step(self, x, score_fn, sde, t, t_next, generator):
+        score = score_fn(x, t)
+        z = randn_like(x, generator)
+        score_norm = per_sample_norm(score)
+        if self.norm == "sqrt_d":
+            noise_norm = torch.full_like(score_norm, math.sqrt(math.prod(x.shape[1:])))
+        else:
+            noise_norm = per_sample_norm(z)
+        if self.norm == "batch":
+            score_norm, noise_norm = score_norm.mean().expand_as(score_norm), noise_norm.mean().expand_as(noise_norm)
+        a = _one_step_alpha(sde, t, t_next).to(x.dtype)
+        eps = 2 * a * (self.snr * noise_norm / score_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
+        eps = append_dims(eps, x.ndim)
+        x_mean = x + eps * score
+        return x_mean + (2 * eps).sqrt() * z, x_mean
+
+
+@dataclass(frozen=True)
+class AnnealedLangevinCorrector(Corrector):
+    """NCSN-style corrector: step 2 a (snr sigma(t))^2; ``snr`` > 0."""
+
+    snr: float = 0.1
+
+    def __post_init__(self):
+        check_positive("snr", self.snr)
+
+    def step(self, x, score_fn, sde, t, t_next, generator):
+        score = score_fn(x, t)
+        a = _one_step_alpha(sde, t, t_next).to(x.dtype)
+        eps = append_dims(2 * a * (self.snr * sde.sigma(t).to(x.dtype)) ** 2, x.ndim)
+        x_mean = x + eps * score
+        return x_mean + (2 * eps).sqrt() * randn_like(x, generator), x_mean
