@@ -1,0 +1,203 @@
+"""The sampler contract: one call for all, any shape, NFE, callbacks, clear errors, Langevin's known failure."""
+import math
+
+import pytest
+import torch
+
+from scoresde.samplers import (
+    DDIM,
+    DDPM,
+    AncestralPredictor,
+    AnnealedLangevin,
+    AnnealedLangevinCorrector,
+    Langevin,
+    LangevinCorrector,
+    PredictorCorrector,
+    ProbabilityFlowODE,
+    ReverseDiffusionPredictor,
+    ReverseSDE,
+)
+from scoresde.metrics import mode_weights
+from scoresde.sdes import VESDE, VPSDE
+from scoresde.toy import GaussianMixture, eight_gaussians, ncsn_two_modes
+
+ALL_SAMPLERS = [
+    Langevin(num_steps=20),
+    AnnealedLangevin(num_levels=4, steps_per_level=5),
+    ReverseSDE(num_steps=10),
+    ReverseSDE(ReverseDiffusionPredictor(), num_steps=10),
+    ReverseSDE(AncestralPredictor("large"), num_steps=10),
+    PredictorCorrector(num_steps=10),
+    PredictorCorrector(corrector=LangevinCorrector(), num_steps=10, order="predictor_first", corrector_steps=2),
+    PredictorCorrector(predictor=None, corrector=AnnealedLangevinCorrector(), num_steps=10),
+    ProbabilityFlowODE(rtol=1e-3, atol=1e-3),
+    ProbabilityFlowODE(method="euler", num_steps=10),
+    ProbabilityFlowODE(method="heun", num_steps=10),
+    DDPM(num_steps=10),
+    DDIM(num_steps=10, eta=0.5),
+]
+IDS = [repr(s)[:60] for s in ALL_SAMPLERS]
+
+
+def _image_target():
+    """A two-component isotropic mixture on [3, 8, 8] images (d = 192)."""
+    d = 192
+    means = torch.stack([torch.full((d,), -1.0), torch.full((d,), 1.0)])
+    return GaussianMixture([0.3, 0.7], means, torch.tensor([0.25, 0.5]), event_shape=(3, 8, 8))
+
+
+@pytest.mark.parametrize("sampler", ALL_SAMPLERS, ids=IDS)
+@pytest.mark.parametrize("shape", [(64, 2), (16, 3, 8, 8)], ids=["B2", "BCHW"])
+def test_every_sampler_runs_on_any_shape_and_counts_nfe(sampler, shape):
+    sde = VPSDE()
+    target = eight_gaussians() if len(shape) == 2 else _image_target()
+    steps = []
+    result = sampler.run(target.score_fn(sde), sde, shape, generator=torch.Generator().manual_seed(0),
+                         callback=steps.append)
+    assert result.x.shape == shape and result.x.dtype == torch.float32
+    assert bool(torch.isfinite(result.x).all())
+    assert result.nfe >= 1 and len(steps) >= 1
+    assert steps[-1].x.shape == shape
+
+
+@pytest.mark.parametrize("sampler", ALL_SAMPLERS, ids=IDS)
+def test_same_generator_seed_gives_same_samples_and_x_init_is_not_modified(sampler):
+    sde = VESDE()
+    score = eight_gaussians().score_fn(sde)
+    x_init = sde.prior_sample((32, 2), torch.Generator().manual_seed(1))
+    before = x_init.clone()
+    a = sampler.sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(2))
+    b = sampler.sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and torch.equal(x_init, before)
+
+
+def test_nfe_formulas():
+    sde = VPSDE()
+    score = eight_gaussians().score_fn(sde)
+    g = torch.Generator().manual_seed(0)
+
+    def nfe(s):
+        return s.run(score, sde, (8, 2), generator=g).nfe
+
+    assert nfe(PredictorCorrector(num_steps=10, corrector_steps=2)) == 10 * 3
+    assert nfe(PredictorCorrector(num_steps=10, corrector_steps=2, order="predictor_first")) == 10 + 9 * 2
+    assert nfe(PredictorCorrector(predictor=None, num_steps=10)) == 10 + 1
+    assert nfe(AnnealedLangevin(num_levels=3, steps_per_level=4)) == 13
+    assert nfe(AnnealedLangevin(num_levels=3, steps_per_level=4, denoise=False)) == 12
+    assert nfe(ProbabilityFlowODE(method="heun", num_steps=10)) == 2 * 9 + 1
+    assert nfe(DDIM(num_steps=7)) == 7
+
+
+def test_per_sample_langevin_corrector_is_batch_independent():
+    """With per-sample norms a sample's trajectory does not depend on the rest of the batch."""
+    sde = VPSDE()
+    target = _image_target()
+    x = sde.prior_sample((8, 3, 8, 8), torch.Generator().manual_seed(0))
+    sampler = PredictorCorrector(corrector=LangevinCorrector(snr=0.1), num_steps=5)
+    # the step size of row i depends only on row i: perturbing row 1 leaves row 0 unchanged
+    x2 = x.clone()
+    x2[1] += 5.0
+    a = sampler.sample(target.score_fn(sde), sde, x_init=x, generator=torch.Generator().manual_seed(4))
+    b = sampler.sample(target.score_fn(sde), sde, x_init=x2, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
+    batch = PredictorCorrector(corrector=LangevinCorrector(snr=0.1, norm="batch"), num_steps=5)
+    a = batch.sample(target.score_fn(sde), sde, x_init=x, generator=torch.Generator().manual_seed(4))
+    b = batch.sample(target.score_fn(sde), sde, x_init=x2, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(a[0], b[0], atol=1e-6)  # score_sde's batch norm couples the samples
+
+
+# -- NCSN section 3.2: Langevin cannot recover the 0.2 / 0.8 weights; annealed Langevin can ----------
+
+def test_plain_langevin_fails_on_unequal_weights_and_annealed_langevin_recovers_them():
+    sde = VESDE()
+    target = ncsn_two_modes()
+    score = target.score_fn(sde)
+    n = 10_000
+    # Start both from the same broad uniform box (NCSN's setup): the score at sigma_min is blind
+    # to the relative weights away from the empty region between modes, so plain Langevin
+    # splits the samples by basin of attraction, ~50/50 from a symmetric start.
+    x_init = 16 * torch.rand(n, 2, generator=torch.Generator().manual_seed(0)) - 8
+    plain = Langevin(step_size=0.01, num_steps=1000).sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(1))
+    annealed = AnnealedLangevin().sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(2))
+    w_plain, w_annealed = mode_weights(plain, target), mode_weights(annealed, target)
+    # binomial sd at n = 10 000 is 0.004: 0.01 is 2.5 sd; the plain-Langevin error is ~0.3 (75 sd)
+    assert (w_annealed - target.weights).abs().max() <= 0.01
+    assert (w_plain - target.weights).abs().max() >= 0.2
+    # and within each mode plain Langevin is fine: the component means are right
+    assign = target.assign(plain)
+    for k in range(2):
+        torch.testing.assert_close(plain[assign == k].double().mean(0), target.means[k], atol=0.1, rtol=0)
+
+
+# -- bad input: clear errors before any work -----------------------------------------------------------
+
+class _Counting:
+    def __init__(self, out=None):
+        self.calls, self.out = 0, out
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.out(x) if self.out is not None else -x
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Langevin(step_size=-0.1), "step_size"),
+        (lambda: Langevin(step_size=float("nan")), "step_size"),
+        (lambda: AnnealedLangevin(step_ratio=0.0), "step_ratio"),
+        (lambda: AnnealedLangevin(num_levels=0), "num_levels"),
+        (lambda: ReverseSDE(num_steps=0), "num_steps"),
+        (lambda: DDPM(num_steps=1.5), "num_steps"),
+        (lambda: DDPM(variance="medium"), "variance"),
+        (lambda: DDIM(eta=-0.1), "eta"),
+        (lambda: LangevinCorrector(snr=-1.0), "snr"),
+        (lambda: LangevinCorrector(norm="l1"), "norm"),
+        (lambda: AnnealedLangevinCorrector(snr=0.0), "snr"),
+        (lambda: PredictorCorrector(order="sideways"), "order"),
+        (lambda: PredictorCorrector(corrector_steps=-1), "corrector_steps"),
+        (lambda: PredictorCorrector(predictor=None, corrector=None), "predictor"),
+        (lambda: ProbabilityFlowODE(method="rk4"), "method"),
+        (lambda: ProbabilityFlowODE(rtol=0.0), "rtol"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_bad_call_arguments_raise_before_any_score_evaluation():
+    sde = VPSDE()
+    sampler = ReverseSDE(num_steps=5)
+    score = _Counting()
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="x_init"):
+        sampler.sample(score, sde, (4, 2), x_init=torch.zeros(4, 3), generator=g)
+    with pytest.raises(ValueError, match="x_init"):
+        sampler.sample(score, sde, x_init=torch.full((4, 2), float("nan")), generator=g)
+    with pytest.raises(ValueError, match="shape"):
+        sampler.sample(score, sde, (4,), generator=g)
+    with pytest.raises(ValueError, match="shape"):
+        sampler.sample(score, sde, (4, 0), generator=g)
+    with pytest.raises(TypeError, match="sde"):
+        sampler.sample(score, "vp", (4, 2), generator=g)
+    with pytest.raises(TypeError, match="generator"):
+        sampler.sample(score, sde, (4, 2), generator=0)
+    with pytest.raises(TypeError, match="score_fn"):
+        sampler.sample(None, sde, (4, 2), generator=g)
+    with pytest.raises(ValueError, match="num_steps"):
+        DDPM(num_steps=2000).sample(score, sde.discrete(1000), (4, 2), generator=g)
+    with pytest.raises(ValueError, match="`t`"):
+        Langevin(t=2.0).sample(score, sde, (4, 2), generator=g)
+    assert score.calls == 0
+
+
+def test_score_fn_with_wrong_shape_or_non_finite_output_is_caught_on_the_first_call():
+    sde = VPSDE()
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="score_fn.*shape"):
+        ReverseSDE(num_steps=5).sample(_Counting(lambda x: x[:, :1]), sde, (4, 2), generator=g)
+    bad = _Counting(lambda x: torch.full_like(x, math.inf))
+    with pytest.raises(ValueError, match="score_fn.*non-finite"):
+        DDIM(num_steps=5).sample(bad, sde, (4, 2), generator=g)
+    assert bad.calls == 1
