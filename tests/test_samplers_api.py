@@ -112,7 +112,7 @@ def test_plain_langevin_fails_on_unequal_weights_and_annealed_langevin_recovers_
     sde = VESDE()
     target = ncsn_two_modes()
     score = target.score_fn(sde)
-    n = 10_000
+    n = 40_000
     # Start both from the same broad uniform box (NCSN's setup): the score at sigma_min is blind
     # to the relative weights away from the empty region between modes, so plain Langevin
     # splits the samples by basin of attraction, ~50/50 from a symmetric start.
@@ -120,7 +120,9 @@ def test_plain_langevin_fails_on_unequal_weights_and_annealed_langevin_recovers_
     plain = Langevin(step_size=0.01, num_steps=1000).sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(1))
     annealed = AnnealedLangevin().sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(2))
     w_plain, w_annealed = mode_weights(plain, target), mode_weights(annealed, target)
-    # binomial sd at n = 10 000 is 0.004: 0.01 is 2.5 sd; the plain-Langevin error is ~0.3 (75 sd)
+    # Annealed Langevin's own bias on this mixture is ~+0.005 towards equal weights (measured over
+    # seeds at n = 10 000: 0.002-0.010); the binomial sd at n = 40 000 is 0.002, so 0.01 sits 2.5 sd
+    # above the bias.  The plain-Langevin error is ~0.3 (150 sd).
     assert (w_annealed - target.weights).abs().max() <= 0.01
     assert (w_plain - target.weights).abs().max() >= 0.2
     # and within each mode plain Langevin is fine: the component means are right

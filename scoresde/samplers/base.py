@@ -94,24 +94,9 @@ def progress_bar(iterable, enabled: bool, desc: str):
 class Sampler(abc.ABC):
     """Base class of all samplers (subclasses are frozen dataclasses of hyperparameters)."""
 
-    def sample(
-        self,
-        score_fn: ScoreFn,
-        sde: SDE,
-        shape: tuple[int, ...] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        x_init: torch.Tensor | None = None,
-        callback: Callback | None = None,
-        progress: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """Draw samples of ``shape`` = ``(B, *D)``; returns ``[B, *D]``.  See ``run`` for the arguments."""
-        return self.run(
-            score_fn, sde, shape, generator=generator, x_init=x_init, callback=callback,
-            progress=progress, device=device, dtype=dtype,
-        ).x
+    def sample(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None, **kwargs) -> torch.Tensor:
+        """Draw samples of ``shape`` = ``(B, *D)``; returns ``[B, *D]``.  Keyword arguments as ``run``."""
+        return self.run(score_fn, sde, shape, **kwargs).x
 
     def run(
         self,

@@ -1,0 +1,193 @@
+"""Tests for scoresde.nets: shapes, the score bridges of each parameterisation, labels, parameter count.
+
+Bridge checks run the network in float64 and compare with the MATH.md formulas written out here
+(not via scoresde.bridges), to a relative tolerance of 1e-12 (a few float64 roundings).
+"""
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from scoresde import VESDE, VPSDE, SubVPSDE
+from scoresde.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding
+
+SDES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE(), "ddpm": VPSDE().discrete(1000)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors gain nothing from intra-op threads, and OpenMP spin-waits on a busy 2-core CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def times(sde, b: int, dtype=torch.float32) -> torch.Tensor:
+    """b times spread over [t_min, T], both ends included."""
+    return torch.linspace(sde.t_min, sde.T, b, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(2,), (3, 8, 8)])
+@pytest.mark.parametrize("parameterization", ["score", "eps", "denoiser"])
+@pytest.mark.parametrize("embedding", ["fourier", "sinusoidal"])
+def test_output_shapes(shape, parameterization, embedding):
+    sde = VPSDE()
+    model = ScoreMLP(sde, shape, width=32, depth=2, parameterization=parameterization, embedding=embedding, generator=gen())
+    x = torch.randn(5, *shape, generator=gen(1))
+    t = times(sde, 5)
+    out = model(x, t)
+    assert out.shape == (5, *shape) and out.dtype == torch.float32
+    score = model.score_fn(x, t)
+    assert score.shape == (5, *shape) and torch.isfinite(score).all()
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("noise_input", ["log_sigma", "time"])
+def test_score_fn_matches_bridge_formulas(sde_name, noise_input):
+    sde = SDES[sde_name]
+    x = torch.randn(7, 2, generator=gen(1), dtype=torch.float64)
+    t = times(sde, 7, torch.float64)
+    alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+    kw = dict(width=16, depth=1, noise_input=noise_input)
+
+    eps_model = ScoreMLP(sde, parameterization="eps", generator=gen(), **kw).double()
+    torch.testing.assert_close(eps_model.score_fn(x, t), -eps_model(x, t) / sigma, rtol=1e-12, atol=0)
+
+    den_model = ScoreMLP(sde, parameterization="denoiser", generator=gen(), **kw).double()
+    torch.testing.assert_close(den_model.score_fn(x, t), (alpha * den_model(x, t) - x) / sigma**2, rtol=1e-12, atol=0)
+
+    score_model = ScoreMLP(sde, parameterization="score", generator=gen(), **kw).double()
+    assert torch.equal(score_model.score_fn(x, t), score_model(x, t))
+
+    # scale_by_sigma: the same network (same generator) divided by sigma(t), NCSN style
+    scaled = ScoreMLP(sde, parameterization="score", scale_by_sigma=True, generator=gen(), **kw).double()
+    torch.testing.assert_close(scaled.score_fn(x, t), score_model(x, t) / sigma, rtol=1e-12, atol=0)
+
+
+def test_denoiser_preconditioning_is_edm():
+    """With data_std set, x0_hat = c_skip x / alpha + c_out F (EDM Table 1 in VE-ised coordinates)."""
+    sde = VPSDE()
+    kw = dict(width=16, depth=1, parameterization="denoiser", generator=gen())
+    pre = ScoreMLP(sde, data_std=0.5, **kw).double()
+    x = torch.randn(6, 2, generator=gen(1), dtype=torch.float64)
+    t = times(sde, 6, torch.float64)
+    alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+    s_ve = sigma / alpha
+    out = pre(x, t)
+    pre.data_std = None  # the same weights without c_in, c_skip, c_out: the bare body F
+    body = pre(x / torch.sqrt(alpha**2 * 0.25 + sigma**2), t)
+    expected = 0.25 / (s_ve**2 + 0.25) * x / alpha + s_ve * 0.5 / torch.sqrt(s_ve**2 + 0.25) * body
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_float64_input_with_float32_weights():
+    sde = VESDE()
+    model = ScoreMLP(sde, width=16, depth=1, generator=gen())
+    x = torch.randn(4, 2, generator=gen(1), dtype=torch.float64)
+    t = times(sde, 4, torch.float64)
+    out = model.score_fn(x, t)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), model.score_fn(x.float(), t.float()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_finite_over_the_whole_time_range(sde_name):
+    sde = SDES[sde_name]
+    for parameterization in ("score", "eps", "denoiser"):
+        model = ScoreMLP(sde, width=16, depth=1, parameterization=parameterization, generator=gen())
+        x = torch.randn(9, 2, generator=gen(1)) * sde.prior_std
+        assert torch.isfinite(model.score_fn(x, times(sde, 9))).all()
+
+
+def test_labels_and_null_label():
+    sde = VPSDE()
+    model = ScoreMLP(sde, width=16, depth=1, num_classes=3, generator=gen())
+    assert model.null_label == 3
+    x = torch.randn(4, 2, generator=gen(1))
+    t = times(sde, 4)
+    null = torch.full((4,), 3)
+    assert torch.equal(model.score_fn(x, t), model.score_fn(x, t, labels=null))
+    y = torch.tensor([0, 1, 2, 0])
+    conditional = partial(model.score_fn, labels=y)  # a ScoreFn for samplers
+    assert not torch.allclose(conditional(x, t), model.score_fn(x, t))
+    assert torch.equal(conditional(x, t), model.score_fn(x, t, labels=y))
+    with pytest.raises(ValueError, match=r"`labels` must have shape \[B\] = \[1\]"):
+        conditional(x[:1], t[:1])
+    with pytest.raises(ValueError, match="unconditional"):
+        ScoreMLP(sde, width=8, depth=1, generator=gen())(x, t, labels=y)
+    assert ScoreMLP(sde, width=8, depth=1, generator=gen()).null_label is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(width=32, depth=0), dict(width=64, depth=5, embedding_dim=16, num_classes=10), dict(event_shape=(3, 8, 8))],
+)
+def test_parameter_count_formula(kw):
+    kw = dict(kw)
+    event_shape = kw.pop("event_shape", (2,))
+    model = ScoreMLP(VPSDE(), event_shape, generator=gen(), **kw)
+    actual = sum(p.numel() for p in model.parameters())
+    assert actual == ScoreMLP.parameter_count(math.prod(event_shape), **kw)
+    if not kw and event_shape == (2,):
+        assert actual == 75_010  # the number quoted in the module docstring
+
+
+def test_deterministic_init_without_global_rng():
+    state = torch.random.get_rng_state()
+    a = ScoreMLP(VPSDE(), width=16, depth=2, num_classes=2, generator=gen(5))
+    b = ScoreMLP(VPSDE(), width=16, depth=2, num_classes=2, generator=gen(5))
+    c = ScoreMLP(VPSDE(), width=16, depth=2, num_classes=2, generator=gen(6))
+    assert torch.equal(state, torch.random.get_rng_state())
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert "embed.freqs" in sa and not any(p is a.embed.freqs for p in a.parameters())  # fixed buffer
+
+
+def test_embeddings():
+    c = torch.linspace(-2, 2, 5)
+    fourier = GaussianFourierEmbedding(8, scale=3.0, generator=gen())
+    e = fourier(c)
+    assert e.shape == (5, 8)
+    torch.testing.assert_close(e[:, :4] ** 2 + e[:, 4:] ** 2, torch.ones(5, 4))
+    sinus = SinusoidalEmbedding(8)
+    e = sinus(torch.tensor([0.001]))  # DDPM: timestep 1 -> [sin(f_i), cos(f_i)], f_0 = 1
+    torch.testing.assert_close(e[0, 0], torch.sin(torch.tensor(1.0)))
+    torch.testing.assert_close(sinus.freqs[-1], torch.tensor(1e-4))
+
+
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        (dict(parameterization="x0"), ValueError, "`parameterization` must be one of"),
+        (dict(parameterization="eps", scale_by_sigma=True), ValueError, "scale_by_sigma"),
+        (dict(embedding="learned"), ValueError, "`embedding` must be one of"),
+        (dict(embedding_dim=7), ValueError, "even"),
+        (dict(width=0), ValueError, "`width` must be >= 1"),
+        (dict(noise_input="sigma"), ValueError, "`noise_input`"),
+        (dict(data_std=0.0), ValueError, "`data_std`"),
+        (dict(num_classes=-1), ValueError, "`num_classes`"),
+        (dict(event_shape=(0, 2)), ValueError, "`event_shape`"),
+    ],
+)
+def test_constructor_validation(kw, error, match):
+    kw = dict(kw)
+    event_shape = kw.pop("event_shape", (2,))
+    with pytest.raises(error, match=match):
+        ScoreMLP(VPSDE(), event_shape, generator=gen(), **kw)
+
+
+def test_input_shape_validation():
+    model = ScoreMLP(VPSDE(), (3, 8, 8), width=8, depth=1, generator=gen())
+    with pytest.raises(ValueError, match=r"expected x \[B, \*\(3, 8, 8\)\] and t \[B\]"):
+        model(torch.randn(2, 192), torch.rand(2))
+    with pytest.raises(ValueError, match="and t"):
+        model(torch.randn(2, 3, 8, 8), torch.rand(3))
+    with pytest.raises(TypeError, match="`sde` must be"):
+        ScoreMLP("vp")
