@@ -1,0 +1,203 @@
+"""``scoresde-aggregate SWEEP_DIR``: summarise the jobs of a multirun directory.
+
+Writes, in ``SWEEP_DIR``:
+
+* ``summary.csv``: one row per job: job, status, the config-group choices, the job's overrides,
+  NFE, wall times, and for each metric its value, noise floor and ratio; failed jobs have
+  ``status = failed`` and the error message;
+* ``summary.md``: the same as a Markdown table (ratios, NFE, times, errors);
+* ``comparison.png``: one scatter panel per job (samples over the data), titled with the job's
+  overrides and its sliced-W2 / noise-floor ratio, or the error of a failed job.
+
+A job is a directory under ``SWEEP_DIR`` with Hydra's ``.hydra/`` folder; its results are its
+``metrics.json`` and ``samples.npz``.  A job that died before writing ``metrics.json`` (killed, out
+of memory) is reported as failed.  The ``SweepSummary`` callback runs this at the end of a
+multirun; Hydra skips that hook when a job raised, hence this command.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import figures
+from .common import HEADLINE
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collect", "aggregate", "main"]
+
+_LEADING = ("job", "status", "app", "overrides", "data", "sde", "model", "sampler", "nfe",
+            "train_s", "sample_s", "evaluate_s", "total_s")
+
+
+def _job_key(path: Path) -> tuple:
+    """Natural order: job 2 before job 10."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path)))
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    dirs = {p.parent for p in sweep_dir.rglob("metrics.json")}
+    dirs |= {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
+    return sorted(dirs, key=lambda p: _job_key(p.relative_to(sweep_dir)))
+
+
+def _overrides(job_dir: Path, record: dict) -> list[str]:
+    if record.get("overrides"):
+        return list(record["overrides"])
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if path.is_file():  # a plain YAML list of strings: "- key=value"
+        return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+    return []
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One flat row per job of ``sweep_dir`` (see the module docstring), in job order."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
+    rows = []
+    for job_dir in _job_dirs(sweep_dir):
+        path = job_dir / "metrics.json"
+        try:
+            record = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError) as e:
+            record = {"status": "failed", "error": f"unreadable metrics.json: {e}"}
+        if record is None:
+            record = {"status": "failed", "error": "no metrics.json: the job stopped before writing it"}
+        rel = job_dir.relative_to(sweep_dir)
+        row: dict[str, Any] = {
+            "job": "." if rel == Path(".") else rel.as_posix(),
+            "status": record.get("status", "failed"),
+            "app": record.get("app"),
+            "overrides": " ".join(_overrides(job_dir, record)),
+            **{g: record.get("choices", {}).get(g) for g in ("data", "sde", "model", "sampler")},
+            "nfe": record.get("nfe"),
+            **{k: record.get("time", {}).get(k) for k in ("train_s", "sample_s", "evaluate_s", "total_s")},
+        }
+        for name, q in (record.get("quality") or {}).items():
+            row[name], row[f"{name}_floor"], row[f"{name}_ratio"] = q.get("value"), q.get("floor"), q.get("ratio")
+        row["error"] = record.get("error")
+        row["_dir"] = job_dir
+        rows.append(row)
+    return rows
+
+
+def _columns(rows: Sequence[dict]) -> list[str]:
+    extra = []
+    for row in rows:
+        extra += [k for k in row if k not in _LEADING and k not in ("error", "_dir") and k not in extra]
+    return [*_LEADING, *extra, "error"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write_csv(rows: Sequence[dict], path: Path) -> None:
+    columns = _columns(rows)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+
+
+def _write_markdown(rows: Sequence[dict], path: Path, title: str) -> None:
+    ratios = [c for c in _columns(rows) if c.endswith("_ratio")]
+    ratios.sort(key=lambda c: c != f"{HEADLINE}_ratio")  # the headline first
+    common = sorted(set.intersection(*(set(r["overrides"].split()) for r in rows))) if len(rows) > 1 else []
+    rows = [{**row, "overrides": label} for row, label in zip(rows, _labels(rows))]
+    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *ratios, "error"]
+    columns = [c for c in columns if c in ("job", "status") or any(row.get(c) not in (None, "") for row in rows)]
+    header = [c.removesuffix("_ratio") + " / floor" if c.endswith("_ratio") else c for c in columns]
+
+    def cell(row, c):
+        text = _fmt(row.get(c))
+        if c == "error":
+            text = text.splitlines()[0][:120] if text else ""
+        return text.replace("|", "\\|")
+
+    ok = sum(r["status"] == "ok" for r in rows)
+    shared = f" Overrides of every job: `{' '.join(common)}`." if common else ""
+    lines = [f"# {title}", "", f"{len(rows)} jobs, {ok} ok.{shared} Ratios are metric / i.i.d. noise floor "
+             "(about 1: indistinguishable from exact samples of the same size).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _labels(rows: Sequence[dict]) -> list[str]:
+    """Each job's overrides less those shared by every job (what distinguishes it), else its job name."""
+    split = [row["overrides"].split() for row in rows]
+    common = set.intersection(*map(set, split)) if len(rows) > 1 else set()
+    return [" ".join(o for o in ovr if o not in common) or row["job"] for ovr, row in zip(split, rows)]
+
+
+def _panel(row: dict, title: str) -> dict:
+    if len(title) > 40:
+        title = title[:37] + "..."
+    panel: dict = {"samples": None, "data": None}
+    npz = row["_dir"] / "samples.npz"
+    if npz.is_file():
+        with np.load(npz) as f:
+            panel["samples"], panel["data"] = f["samples"][:2000], f["reference"][:2000]
+    if row["status"] != "ok":
+        panel["title"] = f"{title}\nFAILED"
+        panel["error"] = (row.get("error") or "failed").splitlines()[0]
+    else:
+        ratio = row.get(f"{HEADLINE}_ratio")
+        panel["title"] = f"{title}\nSW2 / floor {ratio:.2f}, NFE {row.get('nfe')}" if ratio is not None else title
+    return panel
+
+
+def aggregate(sweep_dir: str | Path, *, figure: bool = True) -> list[dict[str, Any]]:
+    """Write summary.csv, summary.md and (unless ``figure=False``) comparison.png in ``sweep_dir``; returns the rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no jobs (directories with metrics.json or .hydra/) under {sweep_dir}")
+    _write_csv(rows, sweep_dir / "summary.csv")
+    _write_markdown(rows, sweep_dir / "summary.md", f"Sweep {sweep_dir.name}")
+    if figure:
+        figures.plot_comparison([_panel(row, label) for row, label in zip(rows, _labels(rows))],
+                                sweep_dir / "comparison.png")
+    failed = sum(row["status"] != "ok" for row in rows)
+    log.info("summarised %d jobs (%d failed) in %s", len(rows), failed, sweep_dir)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``scoresde-aggregate SWEEP_DIR [--no-figure]``.
+
+    Exit status 0 when the summary was written (failed jobs are rows of it, also listed on
+    stderr), 2 when ``SWEEP_DIR`` holds no jobs.
+    """
+    parser = argparse.ArgumentParser(prog="scoresde-aggregate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (e.g. multirun/sample/<date>/<time>)")
+    parser.add_argument("--no-figure", action="store_true", help="skip comparison.png")
+    args = parser.parse_args(argv)
+    try:
+        rows = aggregate(args.sweep_dir, figure=not args.no_figure)
+    except FileNotFoundError as e:
+        parser.exit(2, f"scoresde-aggregate: error: {e}\n")
+    print((args.sweep_dir / "summary.md").read_text())
+    failed = [row["job"] for row in rows if row["status"] != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(rows)} jobs failed: {', '.join(failed)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""``scoresde-sample``: sample a trained checkpoint, or the exact score of a toy mixture, with any sampler.
+
+    scoresde-sample                                        # exact score of data=eight_gaussians, sampler=pc
+    scoresde-sample data=grid_gaussians sde=ve sampler=annealed_langevin
+    scoresde-sample -m 'sampler=glob(*)'                   # every sampler; summary in the sweep directory
+    scoresde-sample checkpoint=outputs/train/<date>/<time>/last.pt sampler=ddim sampler.num_steps=20
+
+With ``checkpoint=null`` (default) the score is the closed form of the Gaussian-mixture data set
+(``data`` must be one of the mixtures).  With a checkpoint written by ``scoresde-train``, the SDE,
+data set and model are those of its training run (read from ``<run>/.hydra/config.yaml``) unless
+``sde``/``data`` are overridden on the command line; the SDE must match the one the checkpoint
+was trained with.  The EMA weights are used unless ``ema=false``.  Output: ``metrics.json``,
+``samples.png``, ``samples.npz``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..datasets import MixtureDataset
+from ..nets import ScoreMLP
+from ..training import load_checkpoint, load_weights
+from . import config_dir
+from .common import JobRecord, output_dir, resolve_device, sample_and_evaluate
+from .schemas import register_schemas
+
+log = logging.getLogger(__name__)
+
+
+def _explicit_groups() -> set[str]:
+    """The config groups (or their keys) set on the command line, e.g. {"sde", "data"}."""
+    if not HydraConfig.initialized():
+        return set()
+    return {o.lstrip("+~").split("=")[0].split(".")[0] for o in HydraConfig.get().overrides.task}
+
+
+def _trained_model(cfg: DictConfig, device):
+    """(score_fn, sde, data, info) of the checkpoint ``cfg.checkpoint``."""
+    path = Path(cfg.checkpoint).expanduser()
+    state = load_checkpoint(path)  # a clear error for a missing, corrupt or foreign file
+    run_file = path.parent / ".hydra" / "config.yaml"
+    run_cfg = OmegaConf.load(run_file) if run_file.is_file() else None
+    explicit = _explicit_groups()
+    nodes = {}
+    for group in ("sde", "data"):
+        from_run = run_cfg is not None and group not in explicit and group in run_cfg
+        nodes[group] = run_cfg[group] if from_run else cfg[group]
+        if from_run:
+            log.info("%s from the checkpoint's training run %s", group, run_file)
+    sde = instantiate(nodes["sde"], _convert_="all")
+    data = instantiate(nodes["data"], _convert_="all")
+    if state.get("sde") != repr(sde):
+        raise ValueError(f"checkpoint {path} was trained with sde {state.get('sde')}, but the config gives "
+                         f"{sde!r}; drop the sde override or set it to match")
+    if run_cfg is not None and "model" in run_cfg:
+        model = instantiate(run_cfg.model, _convert_="all")(sde, data.event_shape)
+    elif state.get("model_config"):
+        model = ScoreMLP(sde, **state["model_config"])
+    else:
+        raise ValueError(f"checkpoint {path} has no model config and no training-run config beside it; "
+                         "rebuild the model in Python and use scoresde.training.load_weights")
+    load_weights(model, path, ema=cfg.ema)
+    model.to(device).eval().requires_grad_(False)
+    info = {"checkpoint": str(path.resolve()), "step": state["step"], "ema": cfg.ema,
+            "run_choices": _run_choices(path.parent)}
+    return model.score_fn, sde, data, info
+
+
+def _run_choices(run_dir: Path) -> dict:
+    """The config-group choices of the training run (from its hydra.yaml), {} if unknown."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={})
+    return {k: v for k, v in OmegaConf.to_container(choices).items() if not k.startswith(("hydra", "schema"))}
+
+
+def run(cfg: DictConfig) -> float | None:
+    """The task function: ``cfg`` composed from ``conf/sample.yaml``."""
+    out = output_dir()
+    with JobRecord("sample", out) as record:
+        start = time.perf_counter()
+        device = resolve_device(cfg.device)
+        sampler = instantiate(cfg.sampler, _convert_="all")
+        if cfg.checkpoint is None:
+            sde = instantiate(cfg.sde, _convert_="all")
+            data = instantiate(cfg.data, _convert_="all")
+            if not isinstance(data, MixtureDataset):
+                choice = record["choices"].get("data", type(data).__name__)
+                raise ValueError(f"checkpoint=null samples the exact score of a Gaussian mixture, but data={choice} "
+                                 "has no closed-form score: choose data=eight_gaussians, grid_gaussians, "
+                                 "ncsn_two_modes or anisotropic_mixture, or pass checkpoint=/path/to/last.pt")
+            score_fn = data.score_fn(sde)
+            record["score"] = "exact"
+        else:
+            score_fn, sde, data, info = _trained_model(cfg, device)
+            record["score"] = "checkpoint"
+            record["checkpoint"] = info
+            for group in ("data", "sde", "model"):  # report what was actually used
+                if group not in _explicit_groups() and group in info["run_choices"]:
+                    record["choices"][group] = info["run_choices"][group]
+        record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler))
+        record["time"]["build_s"] = time.perf_counter() - start
+        return sample_and_evaluate(record, score_fn, sde, data, sampler, cfg, device, out)
+
+
+def main() -> None:
+    """Console entry point ``scoresde-sample``."""
+    register_schemas()
+    hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Structured-config schemas: one typed dataclass per configurable class, derived from its signature.
+
+Every yaml node in ``conf/`` names its schema first in its defaults list, e.g.
+``conf/sampler/ddim.yaml``::
+
+    defaults:
+      - /schema/sampler/DDIM@_here_
+      - _self_
+    _target_: scoresde.samplers.DDIM
+
+so Hydra checks every value and key against the class's own signature before anything runs:
+``sampler.num_steps=abc`` fails with "Value 'abc' of type 'str' could not be converted to
+Integer", ``sampler.nmu_steps=5`` with "Key 'nmu_steps' not in 'DDIMSchema'".
+
+A schema is generated from the class (or factory function) itself, so it cannot drift from the
+code: ``_target_`` plus one field per keyword argument, typed by its annotation (int, float,
+bool, str, their Optional, a tuple of them as a list; anything else, such as a nested
+``Predictor``, as ``Any``, which that node's own schema then types), with the library's default.
+An object default (a ``PredictorCorrector``'s predictor) becomes a mandatory node the yaml must
+give (or set to null), never a silent None.  Arguments that exist only at run time (the model's
+``sde``, ``event_shape``, ``generator``) are left out and passed by the apps to the partial
+(``_partial_: true``).
+
+``SCHEMAS`` is the explicit, read-only list of (group, class); ``register_schemas()`` stores them
+in Hydra's ConfigStore as ``schema/<group>/<Class>`` and is called by the apps before Hydra
+composes.  The generated dataclasses are attributes of this module, so they pickle by reference
+into launcher worker processes (joblib, submitit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from .. import datasets, nets, samplers, sdes, toy, training
+
+__all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig"]
+
+_PRIMITIVES = (int, float, bool, str)
+_RUNTIME_ARGS = ("sde", "event_shape", "generator")  # passed by the apps, not configured
+
+
+def _target(obj: Any) -> str:
+    """The import path Hydra's ``_target_`` uses: ``module.Class`` or ``module.Class.classmethod``."""
+    owner = getattr(obj, "__self__", None)
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}.{obj.__name__}"
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _schema_name(obj: Any) -> str:
+    """``VPSDE`` -> ``VPSDE``, ``DiscreteVPSDE.linear`` -> ``DiscreteVPSDELinear``, ``eight_gaussians`` -> ``EightGaussians``."""
+    parts = _target(obj).removeprefix(obj.__module__ + ".").replace(".", "_").split("_")
+    return "".join(p[:1].upper() + p[1:] for p in parts)
+
+
+def _config_type(hint: Any) -> Any:
+    """An OmegaConf-supported annotation for ``hint``, or ``Any``."""
+    if hint in _PRIMITIVES:
+        return hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = _config_type(rest[0]) if len(rest) == 1 else Any
+        return Any if inner is Any else Optional[inner]
+    if origin in (tuple, list) and args and args[0] in _PRIMITIVES and all(a in (args[0], Ellipsis) for a in args):
+        return List[args[0]]
+    return Any
+
+
+def _config_default(value: Any) -> Any:
+    if value is inspect.Parameter.empty:
+        return MISSING
+    if value is None or isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, tuple) and all(isinstance(v, _PRIMITIVES) for v in value):
+        return field(default_factory=lambda v=value: list(v))
+    return MISSING  # an object default (a default_factory predictor): the yaml must give the node, or null
+
+
+def schema_for(obj: Any, *, partial: bool = False, exclude: tuple[str, ...] = ()) -> type:
+    """A dataclass ``<Name>Schema`` with ``_target_`` and one typed field per keyword argument of ``obj``."""
+    try:
+        hints = typing.get_type_hints(obj.__init__ if isinstance(obj, type) else obj)
+    except (NameError, TypeError):  # an annotation that does not resolve: leave those fields untyped
+        hints = {}
+    fields: list = [("_target_", str, field(default=_target(obj)))]
+    if partial:
+        fields.append(("_partial_", bool, field(default=True)))
+    for name, p in inspect.signature(obj).parameters.items():
+        if name in exclude or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = _config_default(p.default)
+        if not isinstance(default, dataclasses.Field):
+            default = field(default=default)
+        fields.append((name, _config_type(hints.get(name, Any)), default))
+    cls = dataclasses.make_dataclass(f"{_schema_name(obj)}Schema", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = f"Structured config of ``{_target(obj)}`` (generated from its signature)."
+    return cls
+
+
+SCHEMAS: tuple[tuple[str, Any, dict], ...] = (
+    *(("sampler", c, {}) for c in (
+        samplers.Langevin, samplers.AnnealedLangevin, samplers.ReverseSDE, samplers.PredictorCorrector,
+        samplers.ProbabilityFlowODE, samplers.DDPM, samplers.DDIM)),
+    *(("predictor", c, {}) for c in (
+        samplers.EulerMaruyamaPredictor, samplers.ReverseDiffusionPredictor, samplers.AncestralPredictor,
+        samplers.DDIMPredictor)),
+    *(("corrector", c, {}) for c in (samplers.LangevinCorrector, samplers.AnnealedLangevinCorrector)),
+    *(("sde", c, {}) for c in (sdes.VESDE, sdes.VPSDE, sdes.SubVPSDE, sdes.DiscreteVPSDE.linear)),
+    *(("data", c, {}) for c in (
+        datasets.MixtureDataset, datasets.SwissRoll, datasets.TwoMoons, datasets.Circles, datasets.Pinwheel,
+        datasets.TwoSpirals, datasets.Checkerboard)),
+    *(("mixture", toy.TARGETS[name], {}) for name in toy.TARGETS),
+    ("model", nets.ScoreMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
+    ("train", training.TrainConfig, {}),
+)
+"""(schema group, class or factory, options of ``schema_for``): everything ``conf/`` instantiates."""
+
+_GENERATED: dict[str, tuple[str, type]] = {}
+for _group, _obj, _options in SCHEMAS:
+    _cls = schema_for(_obj, **_options)
+    globals()[_cls.__name__] = _cls  # importable by name, so it pickles by reference
+    _GENERATED[_cls.__name__] = (_group, _cls)
+GENERATED = types.MappingProxyType(_GENERATED)
+"""Read-only ``schema class name -> (group, class)`` of the generated schemas."""
+
+
+# -- the apps' root configs ----------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    """Sample-quality evaluation (``scoresde.metrics.evaluate``) and plots."""
+
+    metrics: Optional[List[str]] = None  # None: evaluate's defaults for the target
+    repeats: int = 5  # i.i.d. repeats for each metric's noise floor
+    num_projections: int = 256  # directions of the sliced Wasserstein distances
+    plot_points: int = 2000  # at most this many points per scatter plot
+
+
+@dataclass
+class _AppConfig:
+    data: Any = MISSING
+    sde: Any = MISSING
+    sampler: Any = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    num_samples: int = 2000  # samples drawn, evaluated and plotted
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False  # tqdm bars for training and sampling
+
+
+@dataclass
+class TrainAppConfig(_AppConfig):
+    """Root of ``conf/train.yaml`` (``scoresde-train``)."""
+
+    model: Any = MISSING
+    train: Any = MISSING
+    resume: bool = False  # continue from <output dir>/last.pt (with hydra.run.dir=<that dir>)
+
+
+@dataclass
+class SampleAppConfig(_AppConfig):
+    """Root of ``conf/sample.yaml`` (``scoresde-sample``)."""
+
+    checkpoint: Optional[str] = None  # path to a last.pt; None: the exact score of a mixture data set
+    ema: bool = True  # sample with the EMA weights of the checkpoint
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent): ``schema/<group>/<ClassName>``, ``schema/app/*``."""
+    cs = ConfigStore.instance()
+    for name, (group, cls) in GENERATED.items():
+        cs.store(group=f"schema/{group}", name=name.removesuffix("Schema"), node=cls, provider="scoresde")
+    cs.store(group="schema/app", name="train", node=TrainAppConfig, provider="scoresde")
+    cs.store(group="schema/app", name="sample", node=SampleAppConfig, provider="scoresde")
