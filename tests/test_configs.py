@@ -79,6 +79,54 @@ def test_groups_hold_the_expected_options():
         == set(options("data"))
     assert {"mlp", "mlp_score", "mlp_denoiser"} == set(options("model"))
     assert {"default", "long", "smoke"} <= set(options("train"))
+    assert {"none", "cfg", "classifier", "exact"} == set(options("guidance"))
+    assert {"none", "pf_ode"} == set(options("likelihood"))
+
+
+@pytest.mark.parametrize("option", options("guidance"))
+def test_every_guidance_option_composes_typed(option):
+    # guidance nodes are app settings (scoresde.apps.guided builds the wrappers), typed by their schema.
+    cfg = compose("sample", overrides=[f"guidance={option}"])
+    assert cfg.guidance.kind == option
+    if option != "none":
+        assert cfg.guidance.scale == 1.0 and cfg.guidance.label is None
+        cfg = compose("sample", overrides=[f"guidance={option}", "guidance.scale=3", "guidance.label=2"])
+        assert cfg.guidance.scale == 3.0 and cfg.guidance.label == 2
+    assert compose("sample").guidance.kind == "none"  # the default
+
+
+@pytest.mark.parametrize("app", ["train", "sample"])
+def test_likelihood_options_compose_and_instantiate(app):
+    from omegaconf import OmegaConf
+    from scoresde.likelihood import ProbabilityFlowLikelihood
+
+    assert compose(app).likelihood is None
+    assert compose(app, overrides=["likelihood=none"]).likelihood is None
+    cfg = compose(app, overrides=["likelihood=pf_ode", "likelihood.num_points=64", "likelihood.method=heun"])
+    node = OmegaConf.to_container(cfg.likelihood)
+    assert node.pop("num_points") == 64 and node.pop("batch_size") > 0
+    solver = instantiate(node)
+    assert isinstance(solver, ProbabilityFlowLikelihood) and solver.method == "heun"
+
+
+def test_train_conditional_switch_and_label_dropout():
+    cfg = compose("train", overrides=["conditional=true", "train.label_dropout=0.2"])
+    assert cfg.conditional is True and instantiate(cfg.train).label_dropout == 0.2
+    assert compose("train").conditional is False
+
+
+@pytest.mark.parametrize("override, message", [
+    ("guidance=cfg guidance.scale=abc", "could not be converted to Float"),
+    ("guidance=exact guidance.label=1.5", "could not be converted to Integer"),
+    ("guidance.scale=2", "Key 'scale' not in 'NoGuidance'"),
+    ("guidance=classifier guidance.classifier.num_steps=many", "could not be converted to Integer"),
+    ("likelihood=pf_ode likelihood.num_points=x", "could not be converted to Integer"),
+    ("likelihood=pf_ode likelihood.rtol=tight", "could not be converted to Float"),
+])
+def test_bad_guidance_and_likelihood_values_fail_at_composition(override, message):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose("sample", overrides=override.split())
+    assert message in f"{info.value} {info.value.__cause__}"
 
 
 def test_glob_sweeps_exactly_the_sampler_files():
@@ -183,6 +231,7 @@ def test_overrides_reach_nested_nodes():
     ("train.num_steps=1.5", "could not be converted to Integer"),
     ("eval.repeats=many", "could not be converted to Integer"),
     ("seed=abc", "could not be converted to Integer"),
+    ("conditional=maybe", "is not a valid bool"),
     ("colour=red", "Key 'colour' not in 'TrainAppConfig'"),
 ])
 def test_bad_overrides_fail_at_composition_with_hydras_message(override, message):

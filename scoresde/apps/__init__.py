@@ -4,6 +4,8 @@
   sample it, evaluate the samples against fresh data and plot (``train.py``);
 * ``scoresde-sample`` (``python -m scoresde.apps.sample``): sample a checkpoint or the exact score
   of a toy mixture with any sampler (``sample.py``);
+* ``guided.py``: the ``guidance`` (none | cfg | classifier | exact) and ``likelihood`` (none | pf_ode)
+  options of the apps: their checks, the guided score, per-class precision / spread and the PF-ODE NLL;
 * ``scoresde-aggregate SWEEP_DIR``: ``summary.csv``, ``summary.md`` and ``comparison.png`` of a
   multirun, also written by the ``callbacks.SweepSummary`` Hydra callback at the end of a sweep
   (``aggregate.py``).

@@ -3,9 +3,12 @@
 Writes, in ``SWEEP_DIR``:
 
 * ``summary.csv``: one row per job: job, status, the config-group choices, the job's overrides,
-  NFE, wall times, and for each metric its value, noise floor and ratio; failed jobs have
+  NFE, wall times, and for each metric its value, noise floor and ratio; when present, guidance
+  (``guidance_scale``, ``guidance_label``, ``precision`` and ``spread`` with their per-class
+  ``precision_<c>``) and likelihood (``nll``, ``nll_stderr``, ``nll_nfe``, and for exact densities
+  ``nll_exact`` and ``kl_estimate`` = nll - nll_exact with ``kl_stderr``); failed jobs have
   ``status = failed`` and the error message;
-* ``summary.md``: the same as a Markdown table (ratios, NFE, times, errors);
+* ``summary.md``: the same as a Markdown table (ratios, NFE, times, precision, NLL, KL, errors);
 * ``comparison.png``: one scatter panel per job (samples over the data), titled with the job's
   overrides and its sliced-W2 / noise-floor ratio, or the error of a failed job.
 
@@ -34,7 +37,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["collect", "aggregate", "main"]
 
-_LEADING = ("job", "status", "app", "overrides", "data", "sde", "model", "sampler", "nfe",
+_CHOICES = ("data", "sde", "model", "sampler", "guidance", "likelihood")
+_GUIDED = ("guidance_scale", "guidance_label", "precision", "spread", "spread_exact")
+_NLL = ("nll", "nll_stderr", "nll_nfe", "nll_exact", "kl_estimate", "kl_stderr")
+_LEADING = ("job", "status", "app", "overrides", *_CHOICES, "nfe",
             "train_s", "sample_s", "evaluate_s", "total_s")
 
 
@@ -78,16 +84,38 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "status": record.get("status", "failed"),
             "app": record.get("app"),
             "overrides": " ".join(_overrides(job_dir, record)),
-            **{g: record.get("choices", {}).get(g) for g in ("data", "sde", "model", "sampler")},
+            **{g: record.get("choices", {}).get(g) for g in _CHOICES},
             "nfe": record.get("nfe"),
             **{k: record.get("time", {}).get(k) for k in ("train_s", "sample_s", "evaluate_s", "total_s")},
         }
         for name, q in (record.get("quality") or {}).items():
             row[name], row[f"{name}_floor"], row[f"{name}_ratio"] = q.get("value"), q.get("floor"), q.get("ratio")
+        row.update(_guided_columns(record))
+        row.update(_nll_columns(record.get("nll")))
         row["error"] = record.get("error")
         row["_dir"] = job_dir
         rows.append(row)
     return rows
+
+
+def _guided_columns(record: dict) -> dict[str, Any]:
+    guidance, precision = record.get("guidance") or {}, record.get("precision")
+    if guidance.get("kind") in (None, "none"):
+        return {}
+    row = {"guidance_scale": guidance.get("scale"), "guidance_label": guidance.get("label")}
+    if precision:
+        spread = record.get("spread") or {}
+        row.update(precision=precision.get("mean"), spread=spread.get("mean"), spread_exact=spread.get("exact_mean"))
+        row.update({f"precision_{c}": p for c, p in precision.get("per_class", {}).items()})
+    return row
+
+
+def _nll_columns(nll: dict | None) -> dict[str, Any]:
+    if not nll:
+        return {}
+    keys = {"nll": "mean", "nll_stderr": "stderr", "nll_nfe": "nfe", "nll_exact": "exact_mean",
+            "kl_estimate": "kl_estimate", "kl_stderr": "kl_stderr"}
+    return {column: nll.get(key) for column, key in keys.items() if key in nll}
 
 
 def _columns(rows: Sequence[dict]) -> list[str]:
@@ -119,7 +147,7 @@ def _write_markdown(rows: Sequence[dict], path: Path, title: str) -> None:
     ratios.sort(key=lambda c: c != f"{HEADLINE}_ratio")  # the headline first
     common = sorted(set.intersection(*(set(r["overrides"].split()) for r in rows))) if len(rows) > 1 else []
     rows = [{**row, "overrides": label} for row, label in zip(rows, _labels(rows))]
-    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *ratios, "error"]
+    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *ratios, *_GUIDED[2:], *_NLL, "error"]
     columns = [c for c in columns if c in ("job", "status") or any(row.get(c) not in (None, "") for row in rows)]
     header = [c.removesuffix("_ratio") + " / floor" if c.endswith("_ratio") else c for c in columns]
 

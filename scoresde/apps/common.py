@@ -9,7 +9,11 @@
      "num_samples", "nfe", "time": {"build_s", "train_s", "sample_s", "evaluate_s", "total_s"},
      "quality": {metric: {"value", "floor", "ratio"}},             # floor: rms over i.i.d. repeats
      "evaluation": <scoresde.metrics.evaluate(...) dict>,
-     "train": {...}                                                # scoresde-train only
+     "train": {...},                                               # scoresde-train only
+     "guidance": {"kind", "scale", "label", "num_classes", ...},   # scoresde-sample only
+     "precision": {"mean", "per_class": {c: p}, "method"},         # guided runs (scoresde.apps.guided)
+     "spread": {"mean", "per_class", "exact_per_class", "exact_mean"},  # guided runs: per-class diversity
+     "nll": {"mean", "stderr", "nfe", "num_points", "exact_mean", "kl_estimate", ...}  # likelihood=pf_ode
     }
 """
 from __future__ import annotations
@@ -32,11 +36,12 @@ from omegaconf import DictConfig
 from ..datasets import MixtureDataset
 from ..metrics import evaluate
 from . import figures
+from .guided import class_metrics, class_target, likelihood_metrics
 
 log = logging.getLogger(__name__)
 
 # Independent random streams of one job, derived from the job's seed (training uses the seed itself).
-MODEL_INIT, SAMPLING, EVAL_DATA, METRICS = 1, 2, 3, 4
+MODEL_INIT, SAMPLING, EVAL_DATA, METRICS, HELD_OUT, GUIDANCE = 1, 2, 3, 4, 5, 6
 HEADLINE = "sliced_w2"  # the metric whose ratio to its noise floor a job returns and tables lead with
 
 
@@ -123,9 +128,43 @@ class JobRecord(dict):
         return False
 
 
+def detach_parameters(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every parameter and buffer of ``model`` a leaf without autograd history, in place; returns it.
+
+    Works around ``training.train``'s EMA model, whose parameters carry the autograd history of
+    every EMA update (grad_fn LerpBackward0): each backward pass through the model (the likelihood's
+    divergence, classifier guidance) would otherwise traverse that whole history, which makes it
+    ~8x slower after 1000 steps and ~40x after 6000.
+    """
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.grad_fn is not None:
+                tensor.detach_()
+        model.requires_grad_(False)
+    return model
+
+
+def evaluate_likelihood(record: JobRecord, score_fn, sde, data, cfg: DictConfig, device: torch.device) -> None:
+    """``record["nll"]`` when ``cfg.likelihood`` is set (likelihood=pf_ode): NLL of held-out data points."""
+    if cfg.get("likelihood") is None:
+        return
+    nll = likelihood_metrics(cfg.likelihood, score_fn, sde, data, generator=make_generator(cfg.seed, HELD_OUT),
+                             probe_generator=make_generator(cfg.seed, HELD_OUT, device), device=device)
+    record["nll"] = nll
+    record["time"]["likelihood_s"] = nll["time_s"]
+    exact = "" if "exact_mean" not in nll else (f", exact -log p {nll['exact_mean']:.4f}, "
+                                                f"KL estimate {nll['kl_estimate']:.4f} +- {nll['kl_stderr']:.4f}")
+    log.info("NLL of %d held-out points: %.4f +- %.4f nats (NFE %d)%s", nll["num_points"], nll["mean"],
+             nll["stderr"], nll["nfe"], exact)
+
+
 def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: DictConfig,
-                        device: torch.device, out_dir: Path) -> float | None:
-    """Sample ``cfg.num_samples`` points, evaluate them against fresh data, plot; returns the headline ratio."""
+                        device: torch.device, out_dir: Path, labels: torch.Tensor | None = None) -> float | None:
+    """Sample ``cfg.num_samples`` points, evaluate them against fresh data, plot; returns the headline ratio.
+
+    With ``labels`` ``[n]`` (a guided score), the samples are compared with the class's target
+    (``guided.class_target``) and ``precision`` / ``spread`` are recorded.
+    """
     n = cfg.num_samples
     shape = (n, *data.event_shape)
     generator = make_generator(cfg.seed, SAMPLING, device)
@@ -145,7 +184,13 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     # Evaluation on the CPU in float64: against the exact mixture where there is one, else fresh data.
     start = time.perf_counter()
     data_gen = make_generator(cfg.seed, EVAL_DATA)
-    if isinstance(data, MixtureDataset):
+    if labels is not None:
+        target = class_target(data, labels, n, data_gen)
+        if isinstance(target, torch.Tensor):
+            reference = target[:n]
+        else:
+            reference = target.sample(n, data_gen, dtype=torch.float64).reshape(n, -1)
+    elif isinstance(data, MixtureDataset):
         target = data.mixture
         reference = data.mixture.sample(n, data_gen, dtype=torch.float64).reshape(n, -1)
     else:
@@ -162,6 +207,11 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     for name, q in record["quality"].items():
         log.info("%-22s %.4g  (noise floor %.4g, ratio %.2f)", name, q["value"], q["floor"],
                  math.nan if q["ratio"] is None else q["ratio"])
+
+    if labels is not None:
+        record["precision"], record["spread"] = class_metrics(x, labels, data, make_generator(cfg.seed, METRICS))
+        log.info("precision %.3f (%s), per class %s", record["precision"]["mean"], record["precision"]["method"],
+                 {c: round(p, 3) for c, p in record["precision"]["per_class"].items()})
 
     k = min(n, cfg.eval.plot_points)
     x_np, ref_np = x[:k].numpy(), reference[:k].numpy()

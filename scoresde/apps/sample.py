@@ -11,6 +11,17 @@ data set and model are those of its training run (read from ``<run>/.hydra/confi
 ``sde``/``data`` are overridden on the command line; the SDE must match the one the checkpoint
 was trained with.  The EMA weights are used unless ``ema=false``.  Output: ``metrics.json``,
 ``samples.png``, ``samples.npz``.
+
+Guidance and likelihood (``scoresde.apps.guided``)::
+
+    scoresde-sample guidance=exact guidance.scale=4 guidance.label=2     # exact mixture, no checkpoint
+    scoresde-sample checkpoint=<run of scoresde-train conditional=true>/last.pt guidance=cfg guidance.scale=3
+    scoresde-sample guidance=classifier guidance.scale=2                  # trains a NoisyClassifier first
+    scoresde-sample -m guidance=exact guidance.scale=0,1,2,4,8            # summary.md: precision per scale
+    scoresde-sample likelihood=pf_ode likelihood.num_points=500           # metrics.json: nll (and KL estimate)
+
+A guided run records ``guidance``, ``precision`` and ``spread`` in ``metrics.json`` and compares its
+samples with the requested class (the component, for mixtures).  The NLL is that of the unguided score.
 """
 from __future__ import annotations
 
@@ -27,7 +38,9 @@ from ..datasets import MixtureDataset
 from ..nets import ScoreMLP
 from ..training import load_checkpoint, load_weights
 from . import config_dir
-from .common import JobRecord, output_dir, resolve_device, sample_and_evaluate
+from .common import (GUIDANCE, JobRecord, evaluate_likelihood, make_generator, output_dir, resolve_device,
+                     sample_and_evaluate)
+from .guided import build_guidance, check_guidance_values
 from .schemas import register_schemas
 
 log = logging.getLogger(__name__)
@@ -41,7 +54,7 @@ def _explicit_groups() -> set[str]:
 
 
 def _trained_model(cfg: DictConfig, device):
-    """(score_fn, sde, data, info) of the checkpoint ``cfg.checkpoint``."""
+    """(model, sde, data, info) of the checkpoint ``cfg.checkpoint``."""
     path = Path(cfg.checkpoint).expanduser()
     state = load_checkpoint(path)  # a clear error for a missing, corrupt or foreign file
     run_file = path.parent / ".hydra" / "config.yaml"
@@ -59,7 +72,9 @@ def _trained_model(cfg: DictConfig, device):
         raise ValueError(f"checkpoint {path} was trained with sde {state.get('sde')}, but the config gives "
                          f"{sde!r}; drop the sde override or set it to match")
     if run_cfg is not None and "model" in run_cfg:
-        model = instantiate(run_cfg.model, _convert_="all")(sde, data.event_shape)
+        saved = state.get("model_config") or {}
+        extra = {"num_classes": saved["num_classes"]} if "num_classes" in saved else {}  # conditional=true runs
+        model = instantiate(run_cfg.model, _convert_="all", **extra)(sde, data.event_shape)
     elif state.get("model_config"):
         model = ScoreMLP(sde, **state["model_config"])
     else:
@@ -69,7 +84,8 @@ def _trained_model(cfg: DictConfig, device):
     model.to(device).eval().requires_grad_(False)
     info = {"checkpoint": str(path.resolve()), "step": state["step"], "ema": cfg.ema,
             "run_choices": _run_choices(path.parent)}
-    return model.score_fn, sde, data, info
+    info["num_classes"] = getattr(model, "num_classes", 0)
+    return model, sde, data, info
 
 
 def _run_choices(run_dir: Path) -> dict:
@@ -87,7 +103,9 @@ def run(cfg: DictConfig) -> float | None:
     with JobRecord("sample", out) as record:
         start = time.perf_counter()
         device = resolve_device(cfg.device)
+        check_guidance_values(cfg.guidance)  # a negative scale stops here, before any work
         sampler = instantiate(cfg.sampler, _convert_="all")
+        model = None
         if cfg.checkpoint is None:
             sde = instantiate(cfg.sde, _convert_="all")
             data = instantiate(cfg.data, _convert_="all")
@@ -99,15 +117,21 @@ def run(cfg: DictConfig) -> float | None:
             score_fn = data.score_fn(sde)
             record["score"] = "exact"
         else:
-            score_fn, sde, data, info = _trained_model(cfg, device)
+            model, sde, data, info = _trained_model(cfg, device)
+            score_fn = model.score_fn
             record["score"] = "checkpoint"
             record["checkpoint"] = info
             for group in ("data", "sde", "model"):  # report what was actually used
                 if group not in _explicit_groups() and group in info["run_choices"]:
                     record["choices"][group] = info["run_choices"][group]
         record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler))
+        guided, labels, record["guidance"] = build_guidance(
+            cfg.guidance, score_fn=score_fn, model=model, data=data, sde=sde, n=cfg.num_samples,
+            exact=cfg.checkpoint is None, generator=make_generator(cfg.seed, GUIDANCE, device), device=device)
         record["time"]["build_s"] = time.perf_counter() - start
-        return sample_and_evaluate(record, score_fn, sde, data, sampler, cfg, device, out)
+        headline = sample_and_evaluate(record, guided, sde, data, sampler, cfg, device, out, labels=labels)
+        evaluate_likelihood(record, score_fn, sde, data, cfg, device)
+        return headline
 
 
 def main() -> None:

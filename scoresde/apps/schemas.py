@@ -38,9 +38,10 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .. import datasets, nets, samplers, sdes, toy, training
+from .. import datasets, likelihood, nets, samplers, sdes, toy, training
 
-__all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig"]
+__all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig",
+           "NoGuidance", "CFGGuidance", "ClassifierGuidanceConfig", "ExactGuidance", "PFODELikelihood"]
 
 _PRIMITIVES = (int, float, bool, str)
 _RUNTIME_ARGS = ("sde", "event_shape", "generator")  # passed by the apps, not configured
@@ -133,6 +134,69 @@ GENERATED = types.MappingProxyType(_GENERATED)
 """Read-only ``schema class name -> (group, class)`` of the generated schemas."""
 
 
+# -- guidance and likelihood options of the apps (conf/guidance/*.yaml, conf/likelihood/*.yaml) ---------
+GUIDANCE_KINDS = ("none", "cfg", "classifier", "exact")
+
+
+@dataclass
+class NoGuidance:
+    """``guidance=none``: the unconditional score (the default)."""
+
+    kind: str = "none"
+
+
+@dataclass
+class _ScaledGuidance:
+    kind: str = MISSING
+    scale: float = 1.0  # >= 0; checked by the app before any work
+    label: Optional[int] = None  # the class requested, in [0, num_classes); None: every class in turn
+
+
+@dataclass
+class CFGGuidance(_ScaledGuidance):
+    """``guidance=cfg``: classifier-free guidance of a conditional checkpoint, S s(x,t,c) + (1 - S) s(x,t,null)."""
+
+    kind: str = "cfg"
+
+
+@dataclass
+class NoisyClassifierConfig:
+    """The noise-conditioned classifier of ``guidance=classifier`` and its training on the data set."""
+
+    width: int = 64
+    depth: int = 2
+    num_steps: int = 1000
+    batch_size: int = 256
+    lr: float = 2e-3
+
+
+@dataclass
+class ClassifierGuidanceConfig(_ScaledGuidance):
+    """``guidance=classifier``: s(x, t) + w grad log p_phi(c | x, t), p_phi a NoisyClassifier trained on the data."""
+
+    kind: str = "classifier"
+    classifier: NoisyClassifierConfig = field(default_factory=NoisyClassifierConfig)
+
+
+@dataclass
+class ExactGuidance(_ScaledGuidance):
+    """``guidance=exact``: exact conditional / unconditional scores of a Gaussian mixture (checkpoint=null)."""
+
+    kind: str = "exact"
+
+
+_PFODE = schema_for(likelihood.ProbabilityFlowLikelihood)
+PFODELikelihood = dataclasses.make_dataclass(
+    "PFODELikelihood",
+    [("num_points", int, field(default=500)),  # held-out data points whose NLL is computed
+     ("batch_size", int, field(default=500))],  # points per ODE solve (one adaptive solver per batch)
+    bases=(_PFODE,),
+)
+PFODELikelihood.__module__ = __name__
+PFODELikelihood.__doc__ = ("``likelihood=pf_ode``: ``scoresde.likelihood.ProbabilityFlowLikelihood`` (typed from its "
+                           "signature) plus the number of held-out points and the batch size of the solves.")
+
+
 # -- the apps' root configs ----------------------------------------------------------------------
 @dataclass
 class EvalConfig:
@@ -154,6 +218,7 @@ class _AppConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False  # tqdm bars for training and sampling
+    likelihood: Any = None  # None (likelihood=none) or a PFODELikelihood node (likelihood=pf_ode)
 
 
 @dataclass
@@ -163,6 +228,7 @@ class TrainAppConfig(_AppConfig):
     model: Any = MISSING
     train: Any = MISSING
     resume: bool = False  # continue from <output dir>/last.pt (with hydra.run.dir=<that dir>)
+    conditional: bool = False  # true: model.num_classes = the data set's number of labels (label dropout: train.label_dropout)
 
 
 @dataclass
@@ -171,6 +237,7 @@ class SampleAppConfig(_AppConfig):
 
     checkpoint: Optional[str] = None  # path to a last.pt; None: the exact score of a mixture data set
     ema: bool = True  # sample with the EMA weights of the checkpoint
+    guidance: Any = None  # conf/guidance: none | cfg | classifier | exact
 
 
 def register_schemas() -> None:
@@ -178,5 +245,8 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for name, (group, cls) in GENERATED.items():
         cs.store(group=f"schema/{group}", name=name.removesuffix("Schema"), node=cls, provider="scoresde")
+    for cls in (NoGuidance, CFGGuidance, ClassifierGuidanceConfig, ExactGuidance):
+        cs.store(group="schema/guidance", name=cls.__name__, node=cls, provider="scoresde")
+    cs.store(group="schema/likelihood", name="PFODELikelihood", node=PFODELikelihood, provider="scoresde")
     cs.store(group="schema/app", name="train", node=TrainAppConfig, provider="scoresde")
     cs.store(group="schema/app", name="sample", node=SampleAppConfig, provider="scoresde")

@@ -12,7 +12,11 @@ ones sampled), ``metrics.json`` (see ``scoresde.apps.common``), ``loss.png``, ``
 ``hydra.run.dir=<that directory>`` continues an interrupted run from its ``last.pt``.
 
 Every object is built from the config before training starts, so a wrong value stops the job at
-once.  The task function returns the sliced-W2 / noise-floor ratio (for optimising sweepers).
+once.  ``conditional=true`` trains a label-conditioned model (``model.num_classes`` = the data
+set's number of labels; or set ``model.num_classes`` yourself) with the labels dropped to the null
+label with probability ``train.label_dropout`` (classifier-free guidance: ``scoresde-sample
+checkpoint=<run>/last.pt guidance=cfg``); its samples here are unconditional (the null label).
+``likelihood=pf_ode`` adds the PF-ODE NLL of held-out points to ``metrics.json``.  The task function returns the sliced-W2 / noise-floor ratio (for optimising sweepers).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from omegaconf import DictConfig
 
 from ..training import CHECKPOINT_NAME, train
 from . import config_dir, figures
-from .common import MODEL_INIT, JobRecord, make_generator, output_dir, resolve_device, sample_and_evaluate
+from .common import (MODEL_INIT, JobRecord, detach_parameters, evaluate_likelihood, make_generator, output_dir,
+                     resolve_device, sample_and_evaluate)
 from .schemas import register_schemas
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,19 @@ def run(cfg: DictConfig) -> float | None:
         data = instantiate(cfg.data, _convert_="all")
         sampler = instantiate(cfg.sampler, _convert_="all")
         train_config = instantiate(cfg.train, checkpoint_dir=cfg.train.checkpoint_dir or str(out), _convert_="all")
-        model = instantiate(cfg.model, _convert_="all")(sde, data.event_shape, generator=make_generator(cfg.seed, MODEL_INIT))
+        model_options = {}
+        data_classes = getattr(data, "num_classes", 0)
+        if cfg.conditional and cfg.model.num_classes == 0:
+            if data_classes == 0:
+                raise ValueError(f"conditional=true needs a labelled data set, but {type(data).__name__} has no labels; "
+                                 "choose a mixture, two_moons, circles, pinwheel or two_spirals")
+            model_options["num_classes"] = data_classes
+        num_classes = model_options.get("num_classes", cfg.model.num_classes)
+        if num_classes and num_classes != data_classes:
+            raise ValueError(f"model.num_classes={num_classes} but the data set {type(data).__name__} has "
+                             f"{data_classes} labels; use conditional=true to take the data set's number")
+        model = instantiate(cfg.model, _convert_="all", **model_options)(
+            sde, data.event_shape, generator=make_generator(cfg.seed, MODEL_INIT))
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler), model=getattr(model, "config", repr(model)))
         record["time"]["build_s"] = time.perf_counter() - start
@@ -60,10 +77,12 @@ def run(cfg: DictConfig) -> float | None:
         log.info("trained in %.1f s, final loss %.4f", record["time"]["train_s"], record["train"]["final_loss"])
         figures.plot_loss(losses, out / "loss.png")
 
-        ema = result.ema_model.eval()
+        ema = detach_parameters(result.ema_model.eval())  # see common.detach_parameters
         if next(ema.parameters()).device != device:  # train.device may differ from device
             ema.to(device)
-        return sample_and_evaluate(record, ema.score_fn, sde, data, sampler, cfg, device, out)
+        headline = sample_and_evaluate(record, ema.score_fn, sde, data, sampler, cfg, device, out)
+        evaluate_likelihood(record, ema.score_fn, sde, data, cfg, device)
+        return headline
 
 
 def main() -> None:
