@@ -27,24 +27,35 @@ after their losses (and the parameters themselves) have been checked.
 **Checkpoints** (``<checkpoint_dir>/last.pt``) are written to a temporary file in the same
 directory, flushed, fsynced and ``os.replace``d, so the file on disk is always a complete earlier
 checkpoint.  They hold only tensors, numbers, strings, lists and dicts and are read back with
-``torch.load(weights_only=True)``; errors name the file and the problem.
+``torch.load(weights_only=True)``; errors name the file and the problem.  The file format, its
+checks and the checkpoint errors live in ``scoresde.checkpoints`` and are re-exported here.
 """
-import contextlib
 import copy
 import logging
 import math
 import os
-import pickle
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ._checks import check_int, check_in, check_nonnegative, check_positive, check_probability
+from .checkpoints import (  # re-exported: the public checkpoint API stays importable from here
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+    load_weights,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from .datasets import check_data
 from .losses import DSMLoss
 
@@ -64,30 +75,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "scoresde.training/1"
-CHECKPOINT_NAME = "last.pt"
 _NOISE_SEED_OFFSET = 0x9E3779B97F4A7C15
-# Config fields that change the trajectory: a resumed run must agree on them.
-_TRAJECTORY_FIELDS = (
-    "batch_size", "lr", "optimizer", "weight_decay", "beta1", "beta2", "warmup_steps",
-    "grad_clip", "ema_decay", "label_dropout", "seed",
-)  # fmt: skip
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """The file is truncated, corrupted, or not a scoresde training checkpoint."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file holds pickled code or objects that ``torch.load(weights_only=True)`` refuses."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint was written for another model shape, SDE, device type or training config."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -159,120 +147,6 @@ class TrainResult(NamedTuple):
     losses: torch.Tensor  # float32 [num_steps] on CPU, the batch-mean loss of every step
 
 
-# -- checkpoint files ------------------------------------------------------------------------
-
-
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (not supported everywhere)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a training checkpoint with ``torch.load(weights_only=True)`` onto the CPU and check its layout."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    # Open the file here so that OS-level errors (permissions, ...) propagate unchanged; every
-    # error from torch.load itself is about the file's content.
-    with open(path, "rb") as f:
-        try:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:
-            _raise_load_error(e, path)
-    _check_layout(state, path)
-    return state
-
-
-def _raise_load_error(e: Exception, path: Path):
-    if isinstance(e, pickle.UnpicklingError):
-        if "GLOBAL" in str(e):  # weights_only met a class or function reference
-            detail = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "")
-            raise UnsafeCheckpointError(
-                f"checkpoint {path} contains pickled code or objects, which safe loading "
-                f"(torch.load(weights_only=True)) refuses: {detail}"
-            ) from e
-    detail = "the file is empty (0 bytes)" if path.stat().st_size == 0 else _first_line(e)
-    raise CorruptCheckpointError(f"checkpoint {path} is corrupted or truncated: {detail}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    """``Type: first informative line`` of an error (skipping torch's generic weights_only preamble)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(boilerplate)]
-    return f"{type(e).__name__}: {(useful or lines or ['(no message)'])[0]}"
-
-
-def _check_layout(state: Any, path: Path) -> None:
-    def bad(what: str):
-        raise CorruptCheckpointError(f"checkpoint {path} is corrupted or not a scoresde training checkpoint: {what}")
-
-    if not isinstance(state, dict):
-        bad(f"expected a dict, found {type(state).__name__}")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        bad(f"format is {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    for key, kind in (("model", dict), ("ema", dict), ("optimizer", dict), ("generators", dict), ("config", dict)):
-        if not isinstance(state.get(key), kind):
-            bad(f"entry {key!r} is missing or not a {kind.__name__}")
-    step, losses = state.get("step"), state.get("losses")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        bad(f"entry 'step' must be an int >= 0, found {step!r}")
-    if not torch.is_tensor(losses) or losses.shape != (step,):
-        bad(f"entry 'losses' must be a tensor of shape [{step}]")
-    for name in ("data", "noise"):
-        g = state["generators"].get(name)
-        if not torch.is_tensor(g) or g.dtype != torch.uint8:
-            bad(f"generator state {name!r} is missing or not a uint8 tensor")
-
-
-def _check_module_state(module: nn.Module, state_dict: dict, path: Path, what: str) -> None:
-    """Raise ``CheckpointMismatchError`` naming the first missing, unexpected or mis-shaped entry."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} does not fit the {what}: missing entries {missing[:5]}, unexpected entries "
-            f"{unexpected[:5]} (written for a different architecture?)"
-        )
-    for k, v in own.items():
-        if not torch.is_tensor(state_dict[k]) or state_dict[k].shape != v.shape:
-            found = tuple(state_dict[k].shape) if torch.is_tensor(state_dict[k]) else type(state_dict[k]).__name__
-            raise CheckpointMismatchError(
-                f"checkpoint {path} does not fit the {what}: parameter {k!r} has shape {found} in the "
-                f"checkpoint but {tuple(v.shape)} in the model (written for a different architecture?)"
-            )
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, *, ema: bool = True) -> nn.Module:
-    """Load the EMA (default) or raw weights of a training checkpoint into ``model``, in place."""
-    path = Path(path)
-    state = load_checkpoint(path)
-    weights = state["ema" if ema else "model"]
-    _check_module_state(model, weights, path, "model")
-    model.load_state_dict(weights)
-    return model
-
-
 # -- the loop --------------------------------------------------------------------------------
 
 
@@ -308,20 +182,6 @@ def _batch_source(data, model: nn.Module, device: torch.device):
             )
         return (lambda n, g: data.sample_with_labels(n, g)), True
     return (lambda n, g: (data.sample(n, g), None)), True
-
-
-def _check_compatible(saved: dict, config: TrainConfig, model: nn.Module, path: Path) -> None:
-    for name in _TRAJECTORY_FIELDS:
-        if saved.get(name) != getattr(config, name):
-            raise CheckpointMismatchError(
-                f"checkpoint {path} was written with {name}={saved.get(name)!r} but the config has "
-                f"{name}={getattr(config, name)!r}; resuming would not continue the same run"
-            )
-    if torch.device(saved.get("device", "cpu")).type != torch.device(config.device).type:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} was written on device {saved.get('device')!r}, config has {config.device!r}: "
-            "generator states do not transfer between device types"
-        )
 
 
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_fn=None, resume=False) -> TrainResult:
@@ -367,7 +227,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
 
     start = 0
     if resume_path is not None:
-        start = _restore(resume_path, config, model, ema, optimizer, data_gen, noise_gen, losses)
+        start = restore_training_state(resume_path, config, model, ema, optimizer, data_gen, noise_gen, losses)
+        log.info("resumed from %s at step %d", resume_path, start)
     num_classes = getattr(model, "num_classes", 0)
     checked = start  # losses[:checked] are known to be finite
     same_file = resume_path is not None and ckpt_path is not None and resume_path.resolve() == ckpt_path.resolve()
@@ -414,7 +275,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
                     group["lr"] = lr
             optimizer.step()
             decay = min(config.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+            with torch.no_grad():  # else the EMA weights carry an autograd history that grows every step
+                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
             losses[step] = loss.detach()
 
             done = step + 1
@@ -429,7 +291,7 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
                     bar.update(done - bar.n)
             if save_now:
                 _sync_buffers(ema, model)
-                save_checkpoint(_state(done, config, model, ema, optimizer, data_gen, noise_gen, losses), ckpt_path)
+                save_checkpoint(training_state(done, config, model, ema, optimizer, data_gen, noise_gen, losses), ckpt_path)
                 last_saved = done
                 log.debug("checkpoint at step %d written to %s", done, ckpt_path)
     finally:
@@ -463,44 +325,3 @@ def _sync_buffers(ema: nn.Module, model: nn.Module) -> None:
     with torch.no_grad():
         for e, b in zip(ema.buffers(), model.buffers()):
             e.copy_(b)
-
-
-def _state(step, config, model, ema, optimizer, data_gen, noise_gen, losses) -> dict:
-    model_config = getattr(model, "config", None)
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generators": {"data": data_gen.get_state(), "noise": noise_gen.get_state()},
-        "losses": losses[:step].cpu(),
-        "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()},
-        "model_config": dict(model_config) if isinstance(model_config, dict) else None,
-        "sde": repr(getattr(model, "sde", None)),
-    }
-
-
-def _restore(path, config, model, ema, optimizer, data_gen, noise_gen, losses) -> int:
-    """Check everything first, then load: a failed resume leaves the model untouched where it can."""
-    state = load_checkpoint(path)
-    _check_compatible(state["config"], config, model, path)
-    sde = repr(getattr(model, "sde", None))
-    if state.get("sde") != sde:
-        raise CheckpointMismatchError(f"checkpoint {path} was written for sde {state.get('sde')}, the model has {sde}")
-    step = state["step"]
-    if step > config.num_steps:
-        raise CheckpointMismatchError(f"checkpoint {path} is at step {step}, beyond num_steps={config.num_steps}")
-    _check_module_state(model, state["model"], path, "model")
-    _check_module_state(ema, state["ema"], path, "EMA model")
-    try:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["generators"]["data"])
-        noise_gen.set_state(state["generators"]["noise"])
-    except (ValueError, RuntimeError, KeyError) as e:
-        raise CheckpointMismatchError(f"checkpoint {path} cannot be restored into this run: {_first_line(e)}") from e
-    losses[:step] = state["losses"].to(losses.device)
-    log.info("resumed from %s at step %d", path, step)
-    return step

@@ -84,7 +84,7 @@ def test_nfe_formulas():
     assert nfe(PredictorCorrector(predictor=None, num_steps=10)) == 10 + 1
     assert nfe(AnnealedLangevin(num_levels=3, steps_per_level=4)) == 13
     assert nfe(AnnealedLangevin(num_levels=3, steps_per_level=4, denoise=False)) == 12
-    assert nfe(ProbabilityFlowODE(method="heun", num_steps=10)) == 2 * 9 + 1
+    assert nfe(ProbabilityFlowODE(method="heun", num_steps=10)) == 2 * 8 + 1 + 1  # last step Euler, + denoise
     assert nfe(DDIM(num_steps=7)) == 7
 
 

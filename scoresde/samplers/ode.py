@@ -8,7 +8,10 @@ Integrated from T down to t_min, then the final Tweedie denoise to clean data (`
   the worst sample, so results depend (slightly) on the batch.  NFE = the solver's ``nfev`` + 1.
 * fixed-step on the grid ``sde.timesteps(num_steps)``: "euler" (NFE = num_steps), or "heun"
   (Karras et al. 2022, Alg. 1 without churn: Euler then the trapezoidal correction with the
-  slope at t_next; NFE = 2 num_steps - 1).
+  slope at t_next; the step into t_min is a plain Euler step, as EDM's into sigma = 0, so the
+  velocity is never evaluated at t_min, where a trained network's score is least reliable
+  (sigma_VP(1e-5) = 0.001; measured: 13-53x the noise floor with a trained ScoreMLP otherwise);
+  NFE = 2 num_steps - 2 with the final denoise).
 """
 from __future__ import annotations
 
@@ -77,8 +80,11 @@ class ProbabilityFlowODE(Sampler):
             t, t_next = ts[i], ts[i + 1]
             dt = t_next - t  # negative
             d = self._velocity(score_fn, sde, x, t)
-            x_euler = x + d * dt
-            x = x + 0.5 * (d + self._velocity(score_fn, sde, x_euler, t_next)) * dt
+            if i == self.num_steps - 2:  # into t_min: Euler
+                x = x + d * dt
+            else:
+                x_euler = x + d * dt
+                x = x + 0.5 * (d + self._velocity(score_fn, sde, x_euler, t_next)) * dt
             if callback is not None:
                 callback(StepInfo(i, self.num_steps - 1, t, t_next, x, x))
         return x
@@ -93,7 +99,10 @@ class ProbabilityFlowODE(Sampler):
             return self._velocity(score_fn, sde, xt, t).reshape(-1).to(torch.float64).cpu().numpy()
 
         y0 = x.reshape(-1).to(torch.float64).cpu().numpy()
-        sol = solve_ivp(rhs, (sde.T, sde.t_min), y0, method=self.method, rtol=self.rtol, atol=self.atol)
+        # t_eval: keep only the end point (scipy otherwise stores every step: memory grows with NFE)
+        sol = solve_ivp(
+            rhs, (sde.T, sde.t_min), y0, method=self.method, rtol=self.rtol, atol=self.atol, t_eval=[sde.t_min]
+        )
         if not sol.success:
             raise RuntimeError(f"probability-flow ODE solver {self.method} failed: {sol.message}")
         x = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(device=device, dtype=dtype)
