@@ -256,16 +256,10 @@ class MixtureClassifier:
 
     mixture: GaussianMixture
     sde: SDE
-    _components: tuple = field(init=False, repr=False)
-
-    def __post_init__(self):
-        comps = tuple(self.mixture.component(k) for k in range(self.mixture.num_components))
-        object.__setattr__(self, "_components", comps)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = _alpha_sigma(self.sde, t, x)
-        log_w = torch.log(self.mixture.weights).to(device=x.device, dtype=x.dtype)
-        log_comp = torch.stack([c.noisy_log_prob(x, alpha, sigma) for c in self._components], 1) + log_w
+        log_comp = self.mixture.component_log_probs(x, alpha, sigma)
         return torch.log_softmax(log_comp, dim=1)
 
 

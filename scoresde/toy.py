@@ -137,8 +137,8 @@ class GaussianMixture:
         return self.sample_with_labels(n, generator, device=device, dtype=dtype)[0]
 
     # -- densities and scores at noise level (alpha, sigma) ------------------------------------
-    def _component_log_probs(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """log w_k + log N(x; alpha mu_k, C_k), ``[B, K]``."""
+    def component_log_probs(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log w_k + log N(x; alpha mu_k, alpha^2 Sigma_k + sigma^2 I), ``[B, K]`` (per-sample ``alpha, sigma: [B]``)."""
         if self._isotropic:
             return self._isotropic_terms(x, alpha, sigma)[0]
         return self._component_terms(x, alpha, sigma)[0]
@@ -182,7 +182,7 @@ class GaussianMixture:
         """Exact log p_0(x), shape ``[B]``."""
         self._check_x(x)
         one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
-        return self._component_log_probs(x, one, 0 * one).logsumexp(1)
+        return self.component_log_probs(x, one, 0 * one).logsumexp(1)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Exact grad log p_0(x), shape of ``x``."""
@@ -192,7 +192,7 @@ class GaussianMixture:
 
     def noisy_log_prob(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """log p(x) for x = alpha x_0 + sigma z, x_0 ~ this mixture (per-sample ``alpha, sigma: [B]``)."""
-        return self._component_log_probs(x, alpha, sigma).logsumexp(1)
+        return self.component_log_probs(x, alpha, sigma).logsumexp(1)
 
     def noisy_score(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """grad_x log p(x) for x = alpha x_0 + sigma z; shape of ``x``."""
@@ -210,7 +210,7 @@ class GaussianMixture:
         one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
         alpha = one if alpha is None else alpha
         sigma = 0 * one if sigma is None else sigma
-        return torch.softmax(self._component_log_probs(x, alpha, sigma), dim=1)
+        return torch.softmax(self.component_log_probs(x, alpha, sigma), dim=1)
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Most probable component of each sample, ``[B]`` int64."""
