@@ -105,7 +105,7 @@ def test_sample_from_a_checkpoint_uses_its_training_run(trained, tmp_path):
     m = read_metrics(tmp_path)
     check_metrics(m, "sample")
     assert m["score"] == "checkpoint" and m["checkpoint"]["step"] == 20 and m["checkpoint"]["ema"] is True
-    assert m["nfe"] == 2 * 5 - 1  # Heun: 2 per step between the 5 grid times, + the final denoise
+    assert m["nfe"] == 2 * 5 - 2  # Heun: 2 per step between the 5 grid times, the last (into t_min) Euler, + the final denoise
     assert m["sde"].startswith("VPSDE(")
 
 
@@ -139,7 +139,7 @@ def test_multirun_writes_summary_table_and_figure(tmp_path):
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["sampler"] for r in rows] == ["ddim", "ode_heun"] and {r["status"] for r in rows} == {"ok"}
-    assert [int(r["nfe"]) for r in rows] == [8, 2 * 8 - 1]
+    assert [int(r["nfe"]) for r in rows] == [8, 2 * 8 - 2]
     assert all(float(r["sliced_w2_ratio"]) > 0 for r in rows)
     table = (tmp_path / "summary.md").read_text()
     assert "| job | status | overrides |" in table and "sampler=ode_heun" in table and "sliced_w2 / floor" in table
