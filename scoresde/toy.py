@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 import torch
 
-from ._checks import append_dims, check_int, check_positive
+from ._checks import check_int, check_positive
 from .sdes import SDE
 
 __all__ = [

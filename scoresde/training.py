@@ -60,6 +60,7 @@ from .datasets import check_data
 from .losses import DSMLoss
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "TrainConfig",
     "TrainResult",
     "train",

@@ -68,10 +68,9 @@ def plot_samples(samples: np.ndarray, data: np.ndarray, path: str | Path, *, tit
     _scatter(left, data, limits, _DATA)
     left.set_title("data", fontsize=9)
     _scatter(right, samples, limits, _SAMPLES)
-    right.set_title("samples", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
+    # the run's summary goes under the panel title (a suptitle overlapped the panel titles)
+    right.set_title(f"samples\n{title}" if title else "samples", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def plot_comparison(panels: Sequence[dict], path: str | Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from .._checks import check_int, check_positive
 from .base import Sampler, StepInfo, batch_time, progress_bar, randn_like, tweedie_denoise
