@@ -56,6 +56,12 @@ class Bridge:
     sde: SDE
     kind: str
 
+    def __post_init__(self):
+        if self.kind not in _CONVERSIONS:
+            raise ValueError(f"`kind` must be one of {sorted(_CONVERSIONS)}, got {self.kind!r}")
+        if not callable(self.fn):
+            raise TypeError(f"`fn` must be callable as fn(x, t), got {type(self.fn).__name__}")
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return _CONVERSIONS[self.kind](self.fn, self.sde, x, t)
 

@@ -49,8 +49,11 @@ def grid_loop(
     x_mean = x
 
     def correct(x, t, t_next):
-        for _ in range(corrector_steps if corrector is not None else 0):
-            x, _ = corrector.step(x, score_fn, sde, batch_time(t, x), batch_time(t_next, x), generator)
+        if corrector is None or corrector_steps == 0:
+            return x
+        tb, tb_next = batch_time(t, x), batch_time(t_next, x)
+        for _ in range(corrector_steps):
+            x, _ = corrector.step(x, score_fn, sde, tb, tb_next, generator)
         return x
 
     for i in progress_bar(range(num_steps), progress, desc):
@@ -58,18 +61,15 @@ def grid_loop(
         last = i == num_steps - 1
         if order == "corrector_first":
             x = correct(x, t, t_next)
-        if last and not denoise:
-            pass  # stop at t_min: x is a sample of p_{t_min}
+        if last:
+            if denoise:  # else stop at t_min: x is a sample of p_{t_min}
+                tb = batch_time(t, x)
+                x = x_mean = tweedie_denoise(score_fn(x, tb), sde, x, tb)
         elif predictor is None:
-            x_mean = x if not last else tweedie_denoise(score_fn(x, batch_time(t, x)), sde, x, batch_time(t, x))
-            x = x_mean
+            x_mean = x
         else:
             tb = batch_time(t, x)
-            score = score_fn(x, tb)
-            if last:
-                x = x_mean = tweedie_denoise(score, sde, x, tb)
-            else:
-                x, x_mean = predictor.step(x, score, sde, tb, batch_time(t_next, x), generator)
+            x, x_mean = predictor.step(x, score_fn(x, tb), sde, tb, batch_time(t_next, x), generator)
         if order == "predictor_first" and not last:
             x = correct(x, t_next, ts_next[i + 1])
         if callback is not None:
