@@ -19,7 +19,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: oversubscribed threads make torch ~30x slower
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+# A smoke run (--quick) writes under results/quick/ (git-ignored), never over the committed results.
+RESULTS = ROOT / "benchmarks" / "results" / ("quick" if "--quick" in sys.argv[1:] else "")
 if str(ROOT) not in sys.path:
     try:
         import scoresde  # noqa: F401

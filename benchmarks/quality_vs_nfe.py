@@ -16,6 +16,15 @@ Parts (``--parts``):
   prior   - initialised from the SDE's prior (``sde.prior_sample``): adds the prior mismatch p_T != prior;
   trained - a ``nets.ScoreMLP`` trained with ``training.train`` on one target, then the same sweep with its
             score (exact p_T initialisation): separates the network's error from the sampler's.
+  low_nfe - issue 8: at NFE 10, 20, 50 (``--low-nfes``), every fixed-step scoresde sampler (DDIM, DDPM,
+            ReverseSDE-EM, PC, ODE Euler/Heun/RK4, EDMHeun, DPM-Solver++ 2M/3M/2M-SDE, UniPC 2/3) on every grid
+            (uniform, karras, log_snr; plus Karras grids with a larger sigma_min for the Karras-default solvers),
+            started from the prior of ``VPSDE()``, n = ``--low-n`` (20 000) per run, ``--low-seeds`` seeds; and
+            the peers of ``benchmarks/peers.py`` (diffusers, k-diffusion) with the same exact score and the same
+            standard-normal draws.  Metrics: ``metrics.within_mode_errors`` (worst within-mode mean error,
+            covariance error, mode-weight error) over ``metrics.within_mode_floor``; the report gives the best
+            scoresde cell, the best peer and their ratio per target and NFE.  Writes ``quality_low_nfe.*``.
+            ``--quick`` (n = 2000, 1 seed) writes ``results/quick/quality_low_nfe_quick.*``.
 
 Families and their NFE (nominal grid value -> sampler arguments; the *actual* NFE is reported):
   Langevin          VP  Langevin(num_steps=NFE), score at t_min, default step 0.005
@@ -39,13 +48,16 @@ import functools
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 
 from _common import RESULTS, Timer, command_line, log, machine, machine_line, md_table, set_threads, write_results
 
 import torch  # noqa: E402
 
-from scoresde import toy  # noqa: E402
+from scoresde import grids, samplers, toy  # noqa: E402
+from scoresde.metrics import within_mode_errors, within_mode_floor  # noqa: E402
+from scoresde.scale import prior_mismatch  # noqa: E402
 from scoresde.datasets import MixtureDataset  # noqa: E402
 from scoresde.metrics import expected_mode_weights, mode_weight_error, noise_floor, sliced_w2_to_mixture  # noqa: E402
 from scoresde.nets import ScoreMLP  # noqa: E402
@@ -373,6 +385,281 @@ def plot_nfe(payload, path):
         plot_quality_vs_nfe(exact, y="sw2_ratio", title="sliced W2 / noise floor, exact score, exact p_T", path=path)
 
 
+# -- part low_nfe (issue 8): within-mode errors at NFE 10-50, scoresde samplers x grids vs the peers ------
+LOW_NAME = "quality_low_nfe"
+LOW_SDE = VPSDE()  # the library's default SDE; every scoresde sampler starts from its prior N(0, I)
+LOW_GRIDS = ("uniform", "karras", "log_snr")
+# Extra, informative: Karras grids ending at a larger sigma_ve than the SDE's own sigma_ve(t_min) = 1e-3, for the
+# solvers whose default grid is Karras (a low-NFE grid should not spend steps where nothing changes).
+LOW_EXTRA_GRIDS = {f"karras smin={s:g}": (grids.Karras(sigma_min=s), ("EDMHeun", "DPM++2M", "DPM++3M", "UniPC-2"))
+                   for s in (0.03, 0.1)}
+LOW_SAMPLERS = {  # label -> (class exported by scoresde.samplers, its hyperparameters besides num_steps / grid)
+    "DDIM": ("DDIM", {}),
+    "DDPM": ("DDPM", {}),
+    "ReverseSDE-EM": ("ReverseSDE", {}),
+    "PC": ("PredictorCorrector", {}),
+    "ODE-Euler": ("ProbabilityFlowODE", {"method": "euler"}),
+    "ODE-Heun": ("ProbabilityFlowODE", {"method": "heun"}),
+    "ODE-RK4": ("ProbabilityFlowODE", {"method": "rk4"}),
+    "EDMHeun": ("EDMHeun", {}),
+    "DPM++2M": ("DPMSolverPP", {"order": 2}),
+    "DPM++3M": ("DPMSolverPP", {"order": 3}),
+    "DPM++2M-SDE": ("DPMSolverPP", {"order": 2, "eta": 1.0}),
+    "UniPC-2": ("UniPC", {"order": 2}),
+    "UniPC-3": ("UniPC", {"order": 3}),
+}
+WM = ("max_mean_error", "max_cov_error", "weight_error")  # scoresde.metrics.within_mode_errors scalars
+WM_SHORT = {"max_mean_error": "mean", "max_cov_error": "cov", "weight_error": "weight"}
+LOW_TARGETS = {10: 2.0, 20: 1.2}  # nominal NFE -> allowed worst ratio to the floor (issue 8)
+
+
+def low_sampler_factories() -> tuple[dict, dict]:
+    """label -> (num_steps, grid) -> sampler, for the samplers exported now; and label -> why missing."""
+    found, missing = {}, {}
+    for label, (cls_name, kw) in LOW_SAMPLERS.items():
+        cls = getattr(samplers, cls_name, None)
+        if cls is None:
+            missing[label] = f"scoresde.samplers has no {cls_name} (yet)"
+            continue
+        found[label] = functools.partial(lambda c, k, steps, grid: c(num_steps=steps, grid=grid, **k), cls, kw)
+    return found, missing
+
+
+def fit_num_steps(make, grid: str, nominal: int, mixture) -> tuple[int, int]:
+    """The largest num_steps whose actual NFE is <= ``nominal`` (dry runs on 2 points): (num_steps, NFE)."""
+    x = LOW_SDE.prior_sample((2, mixture.dim), torch.Generator().manual_seed(0))
+
+    def nfe(steps):
+        return make(steps, grid).run(mixture.score_fn(LOW_SDE), LOW_SDE, x_init=x.clone(),
+                                     generator=torch.Generator().manual_seed(0)).nfe
+
+    steps, got = nominal, nfe(nominal)
+    while got > nominal and steps > 2:
+        steps = max(2, min(steps - 1, steps * nominal // got))
+        got = nfe(steps)
+    while True:  # NFE is increasing in num_steps: step up while it still fits
+        up = nfe(steps + 1)
+        if up > nominal:
+            return steps, got
+        steps, got = steps + 1, up
+
+
+def _errors(x: torch.Tensor, mixture) -> dict:
+    if not bool(torch.isfinite(x).all()):
+        return {k: math.inf for k in WM}
+    e = within_mode_errors(x, mixture)
+    return {k: float(e[k]) for k in WM}
+
+
+def low_nfe_sweep(args, out: Path, name: str) -> None:
+    """Run the low-NFE part and write ``<name>.{json,md,png}``."""
+    from peers import available_peers  # noqa: PLC0415  (diffusers is optional)
+
+    factories, missing = low_sampler_factories()
+    peers, peer_status = available_peers()
+    if args.low_samplers:
+        factories = {k: v for k, v in factories.items() if k in args.low_samplers}
+    if args.no_peers:
+        peers = []
+    info = machine()
+    rows, floors, mismatch, steps_of = [], {}, {}, {}
+    with Timer() as total:
+        for ti, tname in enumerate(args.targets):
+            mixture = toy.TARGETS[tname]()
+            score = mixture.score_fn(LOW_SDE)
+            g = torch.Generator().manual_seed(args.seed + 101 * ti)
+            floors[tname] = within_mode_floor(mixture, args.n, args.floor_repeats, g)
+            mismatch[tname] = prior_mismatch(mixture, LOW_SDE).as_dict()
+            log(f"floor {tname}: " + ", ".join(f"{k} {v['mean']:.4f} (p95 {v['p95']:.4f})" for k, v in floors[tname].items())
+                + f"; prior mismatch TV bound {mismatch[tname]['tv_bound']:.4f}")
+            cells = []  # (kind, label, grid, nominal, runner)
+            for label, make in factories.items():
+                grid_objs = {g: g for g in LOW_GRIDS}
+                if not args.no_extra_grids:
+                    grid_objs.update({k: g for k, (g, which) in LOW_EXTRA_GRIDS.items() if label in which})
+                for grid, grid_obj in grid_objs.items():
+                    for nominal in args.low_nfes:
+                        key = (label, grid, nominal)
+                        if key not in steps_of:
+                            steps_of[key] = fit_num_steps(make, grid_obj, nominal, mixture)
+                        sampler = make(steps_of[key][0], grid_obj)
+                        cells.append(("scoresde", label, grid, nominal, sampler))
+            for peer in peers:
+                for nominal in args.low_nfes:
+                    cells.append(("peer", peer.name, "", nominal, peer))
+            per_cell = {c[:4]: {"values": [], "nfe": None, "time_s": []} for c in cells}
+            for seed in range(args.low_seeds):
+                gz = torch.Generator().manual_seed(args.seed + 7919 * seed + 13 * ti)
+                z = torch.randn(args.n, mixture.dim, generator=gz)  # common random numbers for every sampler
+                for kind, label, grid, nominal, obj in cells:
+                    with Timer() as tm:
+                        if kind == "scoresde":
+                            res = obj.run(score, LOW_SDE, x_init=z * LOW_SDE.prior_std,
+                                          generator=torch.Generator().manual_seed(args.seed + seed + 1))
+                            x, nfe = res.x, res.nfe
+                        else:
+                            x, nfe = obj.sample(mixture, z.clone(), nominal, LOW_SDE, seed=args.seed + seed + 1)
+                    cell = per_cell[(kind, label, grid, nominal)]
+                    cell["values"].append(_errors(x.reshape(args.n, -1), mixture))
+                    cell["nfe"], cell["time_s"] = nfe, cell["time_s"] + [tm.seconds]
+                log(f"{tname}: seed {seed} done ({total_time(total)})")
+            for (kind, label, grid, nominal), cell in per_cell.items():
+                row = {"target": tname, "kind": kind, "sampler": label, "grid": grid, "nominal_nfe": nominal,
+                       "nfe": cell["nfe"], "num_steps": steps_of.get((label, grid, nominal), (None,))[0],
+                       "runs": cell["values"], "time_s": statistics.median(cell["time_s"])}
+                for k in WM:
+                    row[k] = statistics.fmean(v[k] for v in cell["values"])
+                    row[k + "_ratio"] = row[k] / floors[tname][k]["mean"]
+                row["worst_ratio"] = max(row[k + "_ratio"] for k in WM)
+                row["worst_metric"] = max(WM, key=lambda k: row[k + "_ratio"])
+                rows.append(row)
+            # diagnostic: the best scoresde cell of each NFE again, started from the exact p_T instead of the prior
+            for nominal in args.low_nfes:
+                best = min((r for r in rows if r["target"] == tname and r["kind"] == "scoresde"
+                            and r["nominal_nfe"] == nominal), key=lambda r: r["worst_ratio"], default=None)
+                if best is None:
+                    continue
+                grid_obj = LOW_EXTRA_GRIDS[best["grid"]][0] if best["grid"] in LOW_EXTRA_GRIDS else best["grid"]
+                sampler = factories[best["sampler"]](best["num_steps"], grid_obj)
+                vals = []
+                for seed in range(args.low_seeds):
+                    gx = torch.Generator().manual_seed(args.seed + 7919 * seed + 13 * ti + 5)
+                    x0 = mixture.marginal(LOW_SDE, LOW_SDE.T).sample(args.n, gx)
+                    res = sampler.run(score, LOW_SDE, x_init=x0, generator=torch.Generator().manual_seed(args.seed + seed + 1))
+                    vals.append(_errors(res.x.reshape(args.n, -1), mixture))
+                row = {"target": tname, "kind": "scoresde, exact p_T start", "sampler": best["sampler"], "grid": best["grid"],
+                       "nominal_nfe": nominal, "nfe": best["nfe"], "num_steps": best["num_steps"], "runs": vals}
+                for k in WM:
+                    row[k] = statistics.fmean(v[k] for v in vals)
+                    row[k + "_ratio"] = row[k] / floors[tname][k]["mean"]
+                row["worst_ratio"] = max(row[k + "_ratio"] for k in WM)
+                row["worst_metric"] = max(WM, key=lambda k: row[k + "_ratio"])
+                rows.append(row)
+    payload = {"benchmark": name, "command": command_line(), "machine": info, "args": vars(args),
+               "total_seconds": total.seconds, "sde": repr(LOW_SDE), "floors": floors, "prior_mismatch": mismatch,
+               "peer_status": peer_status, "missing_samplers": missing, "rows": rows}
+    markdown, payload["summary"] = low_nfe_report(payload)
+    paths = write_results(name, payload, markdown, out)
+    plot_low_nfe(payload, out / f"{name}.png")
+    print(markdown)
+    log(f"wrote {paths[0]}, {paths[1]} and {name}.png in {total.seconds:.0f} s")
+
+
+def total_time(timer) -> str:
+    return f"{time.perf_counter() - timer._start:.0f} s"  # noqa: SLF001
+
+
+def _ratios(r) -> str:
+    return "/".join(f"{r[k + '_ratio']:.2f}" for k in WM)
+
+
+def low_nfe_report(payload) -> tuple[str, dict]:
+    args, rows, floors = payload["args"], payload["rows"], payload["floors"]
+    nfes, targets = args["low_nfes"], list(floors)
+    md = [f"# Quality at low NFE, exact score, from the prior ({'quick' if args['quick'] else 'full'} run)", "",
+          f"Command: `{payload['command']}`  ", f"Machine: {machine_line(payload['machine'])}  ",
+          f"Total run time: {payload['total_seconds']:.0f} s.  n = {args['n']} samples per run, mean over "
+          f"{args['low_seeds']} seed(s) (common random numbers: every sampler of a seed starts from the same "
+          f"standard-normal draw z), floors from {args['floor_repeats']} i.i.d. exact samples of the same n.  "
+          f"scoresde: {payload['sde']}, x_T = prior_std z.  Peers: " + "; ".join(payload["peer_status"].values()) + ".", "",
+          "Metrics (`scoresde.metrics.within_mode_errors`, soft assignment by exact responsibilities): worst "
+          "within-mode mean error (in component stds), worst relative covariance error, max mode-weight error; "
+          "each divided by the mean of its i.i.d. floor.  **ratio m/c/w** = mean/cov/weight ratios; **worst** = "
+          "their maximum.  Targets (issue 8): worst <= 1.2 at NFE 20 and <= 2 at NFE 10; scoresde's best <= the best "
+          "peer's at every NFE.  NFE is the actual number of score evaluations (final denoise included), the "
+          "largest not above the nominal value.", ""]
+    if payload["missing_samplers"]:
+        md += ["Not run (missing): " + ", ".join(f"{k} ({v})" for k, v in payload["missing_samplers"].items()), ""]
+    md += ["## Floors and prior mismatch", "",
+           md_table(["target"] + [f"{WM_SHORT[k]} floor (mean; p95/mean)" for k in WM]
+                    + ["prior mismatch KL (nats)", "TV bound"],
+                    [[t] + [f"{floors[t][k]['mean']:.4g}; {floors[t][k]['p95'] / floors[t][k]['mean']:.2f}" for k in WM]
+                     + [f"{payload['prior_mismatch'][t]['kl']:.2g}", f"{payload['prior_mismatch'][t]['tv_bound']:.4f}"]
+                     for t in targets]), "",
+           "p95/mean: a perfect sampler's single-seed ratio exceeds this value 5 % of the time (the mean over seeds "
+           "scatters less).  TV bound: `scoresde.scale.prior_mismatch` — the share of probability mass that a start "
+           "from the prior instead of p_T can misplace (Pinsker on the moment-matched KL).", ""]
+    summary, table = {}, []
+    for t in targets:
+        for nfe in nfes:
+            cell = [r for r in rows if r["target"] == t and r["nominal_nfe"] == nfe]
+            ours = min((r for r in cell if r["kind"] == "scoresde"), key=lambda r: r["worst_ratio"], default=None)
+            peer = min((r for r in cell if r["kind"] == "peer"), key=lambda r: r["worst_ratio"], default=None)
+            std = min((r for r in cell if r["kind"] == "scoresde" and r["grid"] in LOW_GRIDS),
+                      key=lambda r: r["worst_ratio"], default=None)
+            exact = next((r for r in cell if r["kind"].endswith("exact p_T start")), None)
+            rel = ours["worst_ratio"] / peer["worst_ratio"] if ours and peer else math.nan
+            goal = LOW_TARGETS.get(nfe)
+            met = "" if goal is None or ours is None else ("yes" if ours["worst_ratio"] <= goal else "**no**")
+            summary[f"{t}/{nfe}"] = {"best": ours and f"{ours['sampler']} {ours['grid']}", "best_worst": ours and ours["worst_ratio"],
+                                     "peer": peer and peer["sampler"], "peer_worst": peer and peer["worst_ratio"],
+                                     "ratio_to_peer": rel, "target_met": met,
+                                     "best_standard_grid": std and f"{std['sampler']} {std['grid']}",
+                                     "best_standard_grid_worst": std and std["worst_ratio"]}
+            table.append([t, nfe,
+                          f"{ours['sampler']} {ours['grid']} ({ours['nfe']})" if ours else "",
+                          _ratios(ours) if ours else "", f"**{ours['worst_ratio']:.2f}**" if ours else "",
+                          f"{peer['sampler']} ({peer['nfe']})" if peer else "", _ratios(peer) if peer else "",
+                          f"{peer['worst_ratio']:.2f}" if peer else "", f"{rel:.2f}" if math.isfinite(rel) else "",
+                          met, f"{std['sampler']} {std['grid']}: {std['worst_ratio']:.2f}" if std else "",
+                          _ratios(exact) if exact else ""])
+    md += ["## Best scoresde sampler vs best peer", "",
+           md_table(["target", "NFE", "best scoresde (sampler grid (NFE))", "ratio m/c/w", "worst",
+                     "best peer (NFE)", "peer m/c/w", "peer worst", "scoresde / peer", "target met",
+                     "best on uniform / karras / log_snr: worst", "best scoresde from exact p_T: m/c/w"], table), "",
+           "Grids `karras smin=S` are `scoresde.grids.Karras(sigma_min=S)` (the default Karras grid ends at the SDE's "
+           "sigma_ve(t_min) = 1e-3); the last column re-runs the best scoresde cell from the exact p_T: what is left "
+           "there is the sampler's own error, the difference is the prior mismatch.", ""]
+    for t in targets:
+        labels = list(dict.fromkeys((r["kind"], r["sampler"], r["grid"]) for r in rows
+                                    if r["target"] == t and r["kind"] in ("scoresde", "peer")))
+        body = []
+        for kind, label, grid in labels:
+            cells = {r["nominal_nfe"]: r for r in rows if r["target"] == t and r["kind"] == kind
+                     and r["sampler"] == label and r["grid"] == grid}
+            body.append([label if kind == "scoresde" else f"*{label}*", grid]
+                        + [f"{cells[n]['worst_ratio']:.2f} ({_ratios(cells[n])}) @{cells[n]['nfe']}" if n in cells else ""
+                           for n in nfes])
+        md += [f"## {t}: worst ratio (m/c/w) @ actual NFE", "",
+               md_table(["sampler", "grid"] + [f"NFE {n}" for n in nfes], body), ""]
+    md += [f"Figure: `{payload['benchmark']}.png` (worst ratio vs NFE; each scoresde sampler on its best grid, peers dashed)."]
+    return "\n".join(md), summary
+
+
+def plot_low_nfe(payload, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import NullFormatter  # noqa: PLC0415
+
+    rows, targets = payload["rows"], list(payload["floors"])
+    ncols = min(2, len(targets))
+    nrows = (len(targets) + ncols - 1) // ncols
+    fig = Figure(figsize=(6.2 * ncols + 2.6, 4.2 * nrows + 0.6), layout="constrained")
+    colors = matplotlib.colormaps["tab20"].colors
+    labels = list(dict.fromkeys((r["kind"], r["sampler"]) for r in rows if r["kind"] in ("scoresde", "peer")))
+    for i, t in enumerate(targets):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for j, (kind, label) in enumerate(labels):
+            best = {}
+            for r in rows:
+                if r["target"] == t and r["kind"] == kind and r["sampler"] == label and math.isfinite(r["worst_ratio"]):
+                    if r["nominal_nfe"] not in best or r["worst_ratio"] < best[r["nominal_nfe"]]["worst_ratio"]:
+                        best[r["nominal_nfe"]] = r
+            pts = sorted((r["nfe"], r["worst_ratio"]) for r in best.values())
+            if pts:
+                style = dict(ls="-", lw=1.3) if kind == "scoresde" else dict(ls="--", lw=1.0)
+                ax.plot(*zip(*pts), marker="osD^v<>pPX*h"[j % 12], ms=4, color=colors[j % 20], label=label, **style)
+        for level in (1.0, 1.2, 2.0):
+            ax.axhline(level, color="k", lw=0.6, ls=":" if level != 1.0 else "-")
+        ax.set(xscale="log", yscale="log", title=t, xlabel="NFE", ylabel="worst within-mode error / floor")
+        ax.set_xticks(payload["args"]["low_nfes"], [str(n) for n in payload["args"]["low_nfes"]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right center", fontsize=8)
+    fig.suptitle("Exact score, start from the prior: scoresde samplers (solid, best grid) vs peers (dashed)")
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small smoke run (about a minute)")
@@ -386,33 +673,50 @@ def main(argv=None):
     p.add_argument("--projections", type=int, default=64)
     p.add_argument("--targets", nargs="+", default=None, choices=list(toy.TARGETS), help="default: all")
     p.add_argument("--families", nargs="+", default=list(FAMILIES) + [RK45], choices=list(FAMILIES) + [RK45])
-    p.add_argument("--parts", nargs="+", default=["exact", "prior", "trained"], choices=["exact", "prior", "trained"])
+    p.add_argument("--parts", nargs="+", default=["exact", "prior", "trained", "low_nfe"],
+                   choices=["exact", "prior", "trained", "low_nfe"])
+    p.add_argument("--low-nfes", type=int, nargs="+", default=[10, 20, 50], help="low_nfe part: nominal NFE")
+    p.add_argument("--low-n", type=int, default=20_000, help="low_nfe part: samples per run")
+    p.add_argument("--low-seeds", type=int, default=2, help="low_nfe part: runs (seeds) per cell")
+    p.add_argument("--low-floor-repeats", type=int, default=100, help="low_nfe part: i.i.d. samples for the floors")
+    p.add_argument("--low-samplers", nargs="+", default=None, help="low_nfe part: subset of the sampler labels")
+    p.add_argument("--no-peers", action="store_true", help="low_nfe part: skip diffusers / k-diffusion")
+    p.add_argument("--no-extra-grids", action="store_true", help="low_nfe part: only uniform / karras / log_snr")
     p.add_argument("--train-target", default="eight_gaussians", choices=list(toy.TARGETS))
     p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--train-nfes", type=int, nargs="+", default=[20, 50, 200])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results, --quick: results/quick)")
     p.add_argument("--report-only", metavar="JSON", help="rebuild the Markdown and the NFE figure from a results JSON")
     args = p.parse_args(argv)
     if args.report_only:
         json_path = Path(args.report_only)
         payload = json.loads(json_path.read_text())
         payload["report_regenerated_by"] = command_line()
-        markdown, payload["summary"] = report(payload)
+        low = payload["benchmark"].startswith(LOW_NAME)
+        markdown, payload["summary"] = (low_nfe_report if low else report)(payload)
         write_results(json_path.stem, payload, markdown, json_path.parent)
-        plot_nfe(payload, json_path.with_suffix(".png"))
+        (plot_low_nfe if low else plot_nfe)(payload, json_path.with_suffix(".png"))
         print(markdown)
         return
     if args.quick:
         args.n, args.nfes, args.tols, args.prior_nfes, args.prior_tols = 2000, [10, 20, 100], [1e-2, 1e-4], [20], [1e-2]
         args.repeats, args.floor_repeats, args.train_steps, args.train_nfes = 1, 5, 300, [20, 100]
-        args.targets = args.targets or ["eight_gaussians", "ncsn_two_modes"]
+        args.low_n, args.low_seeds, args.low_floor_repeats = 2000, 1, 20
+        args.targets = args.targets or (list(toy.TARGETS) if args.parts == ["low_nfe"] else ["eight_gaussians", "ncsn_two_modes"])
     args.targets = args.targets or list(toy.TARGETS)
     set_threads(args.threads)
+    out = Path(args.out or (RESULTS / "quick" if args.quick else RESULTS))
+    suffix = "_quick" if args.quick else ""  # a smoke run never overwrites the full results
+    if "low_nfe" in args.parts:
+        low_args = argparse.Namespace(**{**vars(args), "n": args.low_n, "floor_repeats": args.low_floor_repeats})
+        low_nfe_sweep(low_args, out, LOW_NAME + suffix)
+        args.parts = [q for q in args.parts if q != "low_nfe"]
+        if not args.parts:
+            return
     info = machine()
-    out = Path(args.out)
-    name = NAME + ("_quick" if args.quick else "")  # a smoke run never overwrites the full results
+    name = NAME + suffix
     keep_for = "grid_gaussians" if "grid_gaussians" in args.targets else args.targets[0]
 
     with Timer() as total:

@@ -29,6 +29,7 @@ Outputs ``benchmarks/results/speed.{json,md,png}``; ``--quick`` writes ``speed_q
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -40,6 +41,7 @@ from _common import RESULTS, Timer, command_line, log, machine, machine_line, md
 
 import torch  # noqa: E402
 
+from scoresde import samplers  # noqa: E402
 from scoresde.datasets import MixtureDataset  # noqa: E402
 from scoresde.nets import ScoreMLP  # noqa: E402
 from scoresde.samplers import (  # noqa: E402
@@ -60,6 +62,17 @@ SAMPLERS = {  # name -> nominal NFE -> sampler (actual NFE comes from the run)
     "ODE-Euler": lambda n: ProbabilityFlowODE(method="euler", num_steps=n),
     "ODE-Heun": lambda n: ProbabilityFlowODE(method="heun", num_steps=(n + 1) // 2),
 }
+_ISSUE8 = {  # the samplers of issue 8, included once scoresde.samplers exports them
+    "ODE-RK4": ("ProbabilityFlowODE", lambda c, n: c(method="rk4", num_steps=max(2, (n - 1) // 4 + 1))),
+    "EDMHeun": ("EDMHeun", lambda c, n: c(num_steps=max(2, (n + 1) // 2))),
+    "DPM++2M": ("DPMSolverPP", lambda c, n: c(num_steps=n, order=2)),
+    "DPM++3M": ("DPMSolverPP", lambda c, n: c(num_steps=n, order=3)),
+    "DPM++2M-SDE": ("DPMSolverPP", lambda c, n: c(num_steps=n, order=2, eta=1.0)),
+    "UniPC": ("UniPC", lambda c, n: c(num_steps=n)),
+}
+for _name, (_cls, _make) in _ISSUE8.items():
+    if hasattr(samplers, _cls):
+        SAMPLERS[_name] = functools.partial(_make, getattr(samplers, _cls))
 RK45_TOLS = {100: 1e-4, 1000: 1e-9}  # RK45 has no NFE knob: tolerances giving roughly these NFE
 
 
@@ -108,9 +121,10 @@ def overhead(args, log_rows: list) -> list[dict]:
     score, sde = model.score_fn, model.sde
     x = torch.randn(args.batch, 2, generator=torch.Generator().manual_seed(1))
     score_calls_time(score, x, 5)  # warm-up
-    samplers = dict(SAMPLERS, **{"ODE-RK45": lambda n: ProbabilityFlowODE(method="RK45", rtol=1e-3, atol=1e-3)})
+    chosen = dict(SAMPLERS, **{"ODE-RK45": lambda n: ProbabilityFlowODE(method="RK45", rtol=1e-3, atol=1e-3)})
+    chosen = {k: v for k, v in chosen.items() if not args.samplers or k in args.samplers}
     rows = []
-    for name, make in samplers.items():
+    for name, make in chosen.items():
         sampler = make(args.nfe)
         recorder = TimedScore(score, record=True)  # one run records the inputs the score sees
         nfe = sampler.run(recorder, sde, x_init=x, generator=torch.Generator().manual_seed(2)).nfe
@@ -266,7 +280,7 @@ def memory_child(sampler_name: str, nfe: int, batch: int, score_kind: str) -> di
 
 def memory(args, log_rows: list) -> list[dict]:
     rows = []
-    names = list(SAMPLERS) + ["ODE-RK45"]
+    names = [k for k in list(SAMPLERS) + ["ODE-RK45"] if not args.samplers or k in args.samplers]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     for name in names:
         for nfe in (100, 1000):
@@ -293,6 +307,7 @@ def main(argv=None):
     p.add_argument("--memory-batch", type=int, default=10_000)
     p.add_argument("--memory-score", choices=["exact", "mlp"], default="exact")
     p.add_argument("--memory-child", nargs=2, metavar=("SAMPLER", "NFE"), help=argparse.SUPPRESS)
+    p.add_argument("--samplers", nargs="+", default=None, help="subset of the sampler names (default: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Bridges between parameterisations; everything reduces to ``score(x: [B, *D], t: [B]) -> [B, *D]``.
 
-Two coordinate conventions (``shared/MATH.md``):
+Two coordinate conventions (``docs/conventions.md``):
 
 * **VP coordinates** (score_sde, DDPM, diffusers): the model sees x_t = alpha(t) x_0 + sigma(t) z and t.
     eps:       score = -eps / sigma(t)                      eps = -sigma(t) score
@@ -57,6 +57,8 @@ class Bridge:
     kind: str
 
     def __post_init__(self):
+        if not isinstance(self.sde, SDE):
+            raise TypeError(f"`sde` must be a scoresde.sdes.SDE (e.g. VPSDE()), got {type(self.sde).__name__} {self.sde!r}")
         if self.kind not in _CONVERSIONS:
             raise ValueError(f"`kind` must be one of {sorted(_CONVERSIONS)}, got {self.kind!r}")
         if not callable(self.fn):

@@ -18,18 +18,23 @@ the problem: ``CorruptCheckpointError`` (truncated, garbage, foreign), ``UnsafeC
 trajectory-changing config field).  ``restore_training_state`` checks all of that before it loads
 anything, so a failed resume leaves the model untouched where it can.
 
+``"model_class"`` (the model's import path) and ``"sde_config"`` (``sde_config``) let
+``scoresde.load`` rebuild model and SDE from the file alone; ``"losses"`` may be followed by
+``"interrupted": True`` for a checkpoint written on SIGINT / SIGTERM.
+
 Used by ``scoresde.training`` (which re-exports the public names); depends only on torch.
 """
-import contextlib
+import ast
 import os
 import pickle
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._io import atomic_write_with
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -74,32 +79,21 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (not supported everywhere)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    """Write ``state`` to ``path`` atomically (``scoresde._io.atomic_write``: temp file, fsync, ``os.replace``).
+
+    The state is serialised in memory first, so a full disk raises ``OutputError`` naming the file
+    and the OS error (ENOSPC) rather than a torch-internal zip-writer message, and never leaves a
+    partial file.
+    """
+    return atomic_write_with(path, lambda buffer: torch.save(state, buffer))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a training checkpoint with ``torch.load(weights_only=True)`` onto the CPU and check its layout."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        hint = f"; did you mean {path / CHECKPOINT_NAME}?" if (path / CHECKPOINT_NAME).is_file() else ""
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     # Open the file here so that OS-level errors (permissions, ...) propagate unchanged; every
@@ -204,8 +198,33 @@ def training_state(step, config, model, ema, optimizer, data_gen, noise_gen, los
         "losses": losses[:step].cpu(),
         "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()},
         "model_config": dict(model_config) if isinstance(model_config, dict) else None,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "sde": repr(getattr(model, "sde", None)),
+        "sde_config": sde_config(getattr(model, "sde", None)),
     }
+
+
+def sde_config(sde) -> dict | None:
+    """What rebuilds ``sde`` (``scoresde.loading``): its class name and constructor values (a DDPM chain: its betas)."""
+    if sde is None:
+        return None
+    config = {"class": type(sde).__name__}
+    if torch.is_tensor(getattr(sde, "betas", None)):
+        config["betas"] = sde.betas.clone()
+    else:
+        config.update(sde._repr_fields() if hasattr(sde, "_repr_fields") else {})
+    return config
+
+
+def sde_config_from_repr(text: str) -> dict | None:
+    """``sde_config`` parsed from an older checkpoint's ``repr(sde)``, e.g. ``VPSDE(beta_min=0.1, ...)``; None if it fails."""
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+            return None
+        return {"class": call.func.id, **{k.arg: ast.literal_eval(k.value) for k in call.keywords}}
+    except (SyntaxError, ValueError):
+        return None
 
 
 def _check_compatible(saved: dict, config, model: nn.Module, path: Path) -> None:

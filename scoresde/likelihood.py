@@ -36,6 +36,8 @@ d <= ``exact_max_dim`` (16), Hutchinson above.  Both assume the score of sample 
 sample and results depend (slightly) on the batch, as in ``samplers.ProbabilityFlowODE``.  NFE = the
 solver's ``nfev``.  Or fixed steps in torch on ``num_steps`` intervals uniform in t from t_eps to T:
 "euler" (NFE = num_steps), "heun" (2 num_steps), "rk4" (4 num_steps); delta accumulates in float64.
+Both paths are ``scoresde.integrators`` (``solve_adaptive``, ``rk_step``), shared with
+``samplers.ProbabilityFlowODE``; tolerances have a floor of 100 float64 eps.
 The score is evaluated in ``x``'s dtype: pass float64 ``x`` for comparisons with exact densities.
 
 Gradients are switched on inside (samplers run under ``no_grad``); do not call under
@@ -50,10 +52,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
-from ._checks import check_generator, check_in, check_int, check_positive
+from . import integrators
+from ._checks import check_generator, check_in, check_int
 from .sdes import SDE, ScoreFn
 
 __all__ = [
@@ -65,8 +67,8 @@ __all__ = [
     "draw_probes",
 ]
 
-_SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
-_FIXED_STAGES = {"euler": 1, "heun": 2, "rk4": 4}
+_SCIPY_METHODS = integrators.SCIPY_METHODS
+_FIXED_STAGES = integrators.STAGES
 DIVERGENCES = ("auto", "exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
@@ -202,8 +204,7 @@ class ProbabilityFlowLikelihood:
 
     def __post_init__(self):
         check_in("method", self.method, _SCIPY_METHODS + tuple(_FIXED_STAGES))
-        check_positive("rtol", self.rtol)
-        check_positive("atol", self.atol)
+        integrators.check_tolerances(self.rtol, self.atol)
         check_int("num_steps", self.num_steps)
         check_in("divergence", self.divergence, DIVERGENCES)
         check_in("probe", self.probe, PROBES)
@@ -248,6 +249,9 @@ class ProbabilityFlowLikelihood:
             raise ValueError(f"`x` must have a floating-point dtype, got {x.dtype}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("`x` must be finite")
+        from ._checks import check_event_shape  # issue 10: a wrong data dimension fails here, before any work
+
+        check_event_shape("x", x, score_fn)
         t_eps = sde.t_min if self.t_eps is None else float(self.t_eps)
         if not sde.t_min <= t_eps < sde.T:
             raise ValueError(f"`t_eps` must lie in [t_min, T) = [{sde.t_min:g}, {sde.T:g}), got {t_eps!r}")
@@ -275,42 +279,18 @@ class ProbabilityFlowLikelihood:
         )
 
     def _adaptive(self, field: "_AugmentedField", x: torch.Tensor, t0: float, t1: float):
-        from scipy.integrate import solve_ivp
-
-        shape, device, dtype, n = x.shape, x.device, x.dtype, x.numel()
-
-        def rhs(t, y):
-            xt = torch.from_numpy(y[:n]).reshape(shape).to(device=device, dtype=dtype)
-            v, div = field(xt, t)
-            return np.concatenate([v.reshape(-1).to(torch.float64).cpu().numpy(), div.to(torch.float64).cpu().numpy()])
-
-        y0 = np.concatenate([x.reshape(-1).to(torch.float64).cpu().numpy(), np.zeros(shape[0])])
-        sol = solve_ivp(rhs, (t0, t1), y0, method=self.method, rtol=self.rtol, atol=self.atol)
-        if not sol.success:
-            raise RuntimeError(f"likelihood ODE solver {self.method} failed: {sol.message}")
-        y = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
-        return y[:n].reshape(shape).to(device=device, dtype=dtype), y[n:].to(device)
+        delta0 = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
+        return integrators.solve_adaptive(
+            lambda y, t: field(y[0], t), (x, delta0), t0, t1, method=self.method, rtol=self.rtol, atol=self.atol,
+            what="likelihood ODE",
+        )
 
     def _fixed(self, field: "_AugmentedField", x: torch.Tensor, t0: float, t1: float):
         ts = torch.linspace(t0, t1, self.num_steps + 1, dtype=torch.float64).tolist()
-        delta = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
+        y = (x, torch.zeros(x.shape[0], device=x.device, dtype=torch.float64))
         for t, t_next in zip(ts[:-1], ts[1:]):
-            h = t_next - t
-            if self.method == "euler":
-                v, div = field(x, t)
-            elif self.method == "heun":  # trapezoidal correction with the slope at the Euler point
-                v1, d1 = field(x, t)
-                v2, d2 = field(x + h * v1, t_next)
-                v, div = (v1 + v2) / 2, (d1 + d2) / 2
-            else:  # classical RK4
-                v1, d1 = field(x, t)
-                v2, d2 = field(x + h / 2 * v1, t + h / 2)
-                v3, d3 = field(x + h / 2 * v2, t + h / 2)
-                v4, d4 = field(x + h * v3, t_next)
-                v, div = (v1 + 2 * v2 + 2 * v3 + v4) / 6, (d1 + 2 * d2 + 2 * d3 + d4) / 6
-            x = x + h * v
-            delta = delta + h * div.to(torch.float64)
-        return x, delta
+            y = integrators.rk_step(lambda y, t: field(y[0], t), y, t, t_next, self.method)
+        return y
 
 
 class _AugmentedField:
@@ -324,6 +304,7 @@ class _AugmentedField:
     def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
         v, div = pf_ode_divergence(self.score_fn, self.sde, x, tb, self.probes)
+        div = div.to(torch.float64)
         self.nfe += 1
         if not bool(torch.isfinite(div).all()) or not bool(torch.isfinite(v).all()):
             what = "divergence" if not bool(torch.isfinite(div).all()) else "velocity"

@@ -22,16 +22,16 @@ lie in [t_min, T], which costs a host synchronisation; drawn times skip that che
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ._checks import append_dims, check_generator, check_in
+from ._checks import append_dims, check_generator, check_in, check_positive, trusted_times
 from .sdes import SDE
 
 __all__ = ["DSMLoss", "WEIGHTINGS"]
 
-WEIGHTINGS = ("sigma2", "likelihood")
+WEIGHTINGS = ("sigma2", "likelihood", "edm")
 
 
 @dataclass(frozen=True)
@@ -40,26 +40,43 @@ class DSMLoss:
 
     Args:
         sde: the forward SDE defining alpha(t), sigma(t), g(t) and [t_min, T].
-        weighting: ``"sigma2"`` (lambda = sigma^2, default) or ``"likelihood"`` (lambda = g^2).
+        weighting: ``"sigma2"`` (lambda = sigma^2, default), ``"likelihood"`` (lambda = g^2) or
+            ``"edm"`` (EDM's lambda = (sigma~^2 + sigma_d^2) / (sigma~ sigma_d)^2 on ||D - x0||^2, Karras
+            et al. 2022 Table 1; since D - x0 = sigma~ (sigma s + z) in VE-ised coordinates, this is
+            lambda = sigma^2 (1 + sigma~^2 / sigma_d^2) here, sigma~ = sigma / alpha).
+        sigma_data: sigma_d of the "edm" weighting.
+        time_sampler: None (t ~ U(t_min, T)) or a ``scoresde.recipes`` time sampler (``LogNormalSigma``,
+            ``ImportanceTime``, ...): drawn times come from it and the loss is multiplied by its
+            ``importance_weight`` (if not None).
     """
 
     sde: SDE
     weighting: str = "sigma2"
+    sigma_data: float = 1.0
+    time_sampler: Any = None
 
     def __post_init__(self):
         if not isinstance(self.sde, SDE):
             raise TypeError(f"`sde` must be a scoresde.sdes.SDE, got {type(self.sde).__name__}")
         check_in("weighting", self.weighting, WEIGHTINGS)
+        check_positive("sigma_data", self.sigma_data)
+        if self.time_sampler is not None and not callable(getattr(self.time_sampler, "sample", None)):
+            raise TypeError(f"`time_sampler` must have sample(sde, n, generator, dtype), got {self.time_sampler!r}")
 
     def sample_time(self, batch_size: int, generator: torch.Generator, *, dtype=torch.float32) -> torch.Tensor:
-        """t ~ U(t_min, T), shape ``[batch_size]``, on ``generator.device``."""
+        """t ~ U(t_min, T) (or from ``time_sampler``), shape ``[batch_size]``, on ``generator.device``."""
+        if self.time_sampler is not None:
+            return self.time_sampler.sample(self.sde, batch_size, generator, dtype=dtype)
         u = torch.rand(batch_size, generator=generator, device=generator.device, dtype=dtype)
         return self.sde.t_min + (self.sde.T - self.sde.t_min) * u
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """lambda(t) / sigma(t)^2, ``[B]``: 1 for "sigma2", g(t)^2 / sigma(t)^2 for "likelihood"."""
+        """lambda(t) / sigma(t)^2, ``[B]``: 1 for "sigma2", g(t)^2 / sigma(t)^2 for "likelihood",
+        1 + sigma~(t)^2 / sigma_data^2 for "edm"."""
         if self.weighting == "sigma2":
             return torch.ones_like(t)
+        if self.weighting == "edm":
+            return 1 + (self.sde.sigma_ve(t) / self.sigma_data) ** 2
         return (self.sde.diffusion(t) / self.sde.sigma(t)) ** 2
 
     def __call__(
@@ -77,10 +94,15 @@ class DSMLoss:
         ``score_fn(x, t)`` (or ``score_fn(x, t, labels=labels)`` when ``labels`` is given) is the
         model's score.  ``t: [B]`` and ``z: [B, *D]`` are drawn from ``generator`` unless given.
         """
+        if not torch.is_tensor(x0):
+            raise TypeError(f"`x0` must be a tensor [B, *D], got {type(x0).__name__}")
         if x0.ndim < 2:
             raise ValueError(f"`x0` must be batch-first [B, *D], got shape {tuple(x0.shape)}")
+        if not x0.dtype.is_floating_point:
+            raise TypeError(f"`x0` must have a floating-point dtype (convert the data with .float()), got {x0.dtype}")
         if t is None or z is None:
             generator = check_generator(generator, x0.device)
+        drawn = t is None
         if t is None:
             t = self.sample_time(x0.shape[0], generator, dtype=x0.dtype)
         else:
@@ -91,12 +113,17 @@ class DSMLoss:
             z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         elif z.shape != x0.shape:
             raise ValueError(f"`z` must have the shape of `x0` {tuple(x0.shape)}, got {tuple(z.shape)}")
-        # x_t = alpha x0 + sigma z, written out rather than via SDE.perturb, whose time check would
-        # synchronise with the device at every training step.
-        sigma = append_dims(self.sde.sigma(t).to(x0.dtype), x0.ndim)
-        x_t = append_dims(self.sde.alpha(t).to(x0.dtype), x0.ndim) * x0 + sigma * z
-        score = score_fn(x_t, t) if labels is None else score_fn(x_t, t, labels=labels)
-        loss = (sigma * score + z).flatten(1).pow(2).sum(1)
-        if self.weighting != "sigma2":
-            loss = loss * self.weight(t).to(loss.dtype)
+        # x_t = alpha x0 + sigma z; the times are checked (or drawn in range) above, so the SDE's and
+        # the model's own time checks, which synchronise with the device, are skipped.
+        with trusted_times():
+            sigma = append_dims(self.sde.sigma(t).to(x0.dtype), x0.ndim)
+            x_t = append_dims(self.sde.alpha(t).to(x0.dtype), x0.ndim) * x0 + sigma * z
+            score = score_fn(x_t, t) if labels is None else score_fn(x_t, t, labels=labels)
+            loss = (sigma * score + z).flatten(1).pow(2).sum(1)
+            if self.weighting != "sigma2":
+                loss = loss * self.weight(t).to(loss.dtype)
+            if drawn and self.time_sampler is not None:
+                importance = self.time_sampler.importance_weight(self.sde, t)
+                if importance is not None:
+                    loss = loss * importance.to(loss.dtype)
         return loss

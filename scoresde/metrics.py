@@ -37,11 +37,13 @@ from scipy.optimize import linear_sum_assignment
 from ._checks import check_generator, check_int, check_positive
 from ._ot1d import mixture_grid_size, w2sq_empirical, w2sq_to_mixture
 from .toy import GaussianMixture
+from .modes import within_mode_errors, within_mode_floor  # noqa: F401  (re-exported: agreed interface)
 
 __all__ = [
     "sliced_w2", "sliced_w2_to_mixture", "w2_exact", "median_bandwidth", "mmd", "energy_distance",
     "mode_weights", "expected_mode_weights", "mode_weight_error",
     "NoiseFloor", "noise_floor", "data_sampler", "evaluate", "W2_EXACT_MAX_N",
+    "within_mode_errors", "within_mode_floor",
 ]
 
 W2_EXACT_MAX_N = 5000
@@ -361,7 +363,7 @@ def evaluate(x, target, *, metrics=None, repeats: int = 5, num_projections: int 
     the MMD bandwidth.  Floors: ``noise_floor`` with ``repeats``.  Result (JSON-serialisable)::
 
         {"n", "dim", "target": "mixture" | "data", "repeats",
-         "metrics": {name: {"value", "floor_mean", "floor_std", "floor_rms", "ratio"}},
+         "metrics": {name: {"value", "floor_mean", "floor_std", "floor_rms", "ratio", "floor_values"}},
          "mode_weights", "expected_mode_weights"}       # the last two with mode_weight_error only
 
     ``ratio = value / floor_rms`` (root-mean-square of the floor's values, so that it also serves the
@@ -406,5 +408,5 @@ def evaluate(x, target, *, metrics=None, repeats: int = 5, num_projections: int 
         value = fns[name](x, ref if exact is None else exact)
         fl = noise_floor(fns[name], sample, n, repeats, g, reference=exact)
         out["metrics"][name] = {"value": value, "floor_mean": fl.mean, "floor_std": fl.std, "floor_rms": fl.rms,
-                                "ratio": value / fl.rms if fl.rms > 0 else None}
+                                "ratio": value / fl.rms if fl.rms > 0 else None, "floor_values": list(fl.values)}
     return out

@@ -56,7 +56,7 @@ from ._checks import check_generator, check_in, check_int, check_positive
 from .bridges import denoiser_to_score, eps_to_score
 from .sdes import SDE
 
-__all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "ScoreMLP", "PARAMETERIZATIONS"]
+__all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "MLPBackbone", "ScoreMLP", "PARAMETERIZATIONS"]
 
 PARAMETERIZATIONS = ("score", "eps", "denoiser")
 
@@ -99,7 +99,107 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
-class ScoreMLP(nn.Module):
+def _check_event_shape(event_shape) -> tuple[int, ...]:
+    if isinstance(event_shape, int):
+        event_shape = (event_shape,)
+    event_shape = tuple(event_shape)
+    if len(event_shape) < 1 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in event_shape):
+        raise ValueError(f"`event_shape` must be a non-empty tuple of positive ints, got {event_shape!r}")
+    return event_shape
+
+
+class MLPBackbone(nn.Module):
+    """The residual SiLU MLP as a backbone ``backbone(x_in [B, *D], c_noise [B], labels [B] | None) -> [B, *D]``.
+
+    Architecture: e = embed(c_noise); cond = Lin(SiLU(Lin(e))) (+ label_embedding(labels));
+    h = Lin(x_in); ``depth`` times h <- h + Lin(SiLU(h + cond)); out = Lin(SiLU(h)).  The input
+    is flattened on the way in and reshaped on the way out.  No preconditioning: wrap it in
+    ``scoresde.precond.Preconditioned`` (which feeds x_in = c_in x and c_noise), or use ``ScoreMLP``.
+
+    Args: ``event_shape``; ``width`` W, ``depth`` L; ``embedding`` ("fourier" | "sinusoidal"),
+    ``embedding_dim``, ``fourier_scale`` (see the module docstring); ``num_classes`` C > 0 adds a
+    label embedding of C + 1 rows (row C, the null label, is used for ``labels=None``);
+    ``generator`` initialises the weights (nn.Linear's U(+-1/sqrt(fan_in)), never torch's global RNG).
+    """
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...] | int = (2,),
+        *,
+        width: int = 128,
+        depth: int = 3,
+        embedding: str = "fourier",
+        embedding_dim: int = 64,
+        fourier_scale: float = 4.0,
+        num_classes: int = 0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        event_shape = _check_event_shape(event_shape)
+        check_int("width", width)
+        check_int("depth", depth, minimum=0)
+        check_in("embedding", embedding, ("fourier", "sinusoidal"))
+        check_int("num_classes", num_classes, minimum=0)
+        generator = check_generator(generator)
+        self.event_shape = event_shape
+        self.dim = math.prod(event_shape)
+        self.num_classes = num_classes
+        self._config = dict(event_shape=list(event_shape), width=width, depth=depth, embedding=embedding,
+                            embedding_dim=embedding_dim, fourier_scale=fourier_scale, num_classes=num_classes)
+        if embedding == "fourier":
+            self.embed = GaussianFourierEmbedding(embedding_dim, fourier_scale, generator)
+        else:
+            self.embed = SinusoidalEmbedding(embedding_dim)
+        # skip_init: allocate without drawing from torch's global RNG; _init_weights uses `generator`.
+        linear = partial(nn.utils.skip_init, nn.Linear)
+        self.noise_mlp = nn.Sequential(linear(embedding_dim, width), nn.SiLU(), linear(width, width))
+        self.label_embedding = nn.utils.skip_init(nn.Embedding, num_classes + 1, width) if num_classes > 0 else None
+        self.input = linear(self.dim, width)
+        self.blocks = nn.ModuleList(linear(width, width) for _ in range(depth))
+        self.output = linear(width, self.dim)
+        self._init_weights(generator)
+
+    @torch.no_grad()
+    def _init_weights(self, generator: torch.Generator) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                bound = 1 / math.sqrt(m.in_features)
+                m.weight.uniform_(-bound, bound, generator=generator)
+                m.bias.uniform_(-bound, bound, generator=generator)
+            elif isinstance(m, nn.Embedding):
+                m.weight.normal_(generator=generator)
+
+    @property
+    def config(self) -> dict:
+        """The constructor's keyword arguments (except ``generator``) as a plain dict."""
+        return dict(self._config)
+
+    def _body(self, h: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None, name: str) -> torch.Tensor:
+        """The MLP on flattened ``h [B, d]`` (weights' dtype) with noise input ``c_noise [B]``."""
+        cond = self.noise_mlp(self.embed(c_noise.to(h.dtype)))
+        if labels is not None and labels.shape != c_noise.shape:
+            raise ValueError(f"`labels` must have shape [B] = [{c_noise.shape[0]}], got {tuple(labels.shape)}")
+        if self.label_embedding is not None:
+            if labels is None:
+                labels = torch.full_like(c_noise, self.num_classes, dtype=torch.long)
+            cond = cond + self.label_embedding(labels)
+        elif labels is not None:
+            raise ValueError(f"`labels` given to an unconditional {name} (num_classes=0)")
+        h = self.input(h)
+        for block in self.blocks:
+            h = h + block(nn.functional.silu(h + cond))
+        return self.output(nn.functional.silu(h))
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, *event_shape]``, ``c_noise [B]``, ``labels`` int64 ``[B]`` or None -> ``[B, *event_shape]``."""
+        if x.shape[1:] != self.event_shape or c_noise.shape != x.shape[:1]:
+            raise ValueError(f"expected x [B, *{self.event_shape}] and c_noise [B], got x {tuple(x.shape)} "
+                             f"and c_noise {tuple(c_noise.shape)}")
+        h = x.reshape(x.shape[0], self.dim).to(self.input.weight.dtype)
+        return self._body(h, c_noise, labels, "MLPBackbone").reshape(x.shape).to(x.dtype)
+
+
+class ScoreMLP(MLPBackbone):
     """Residual SiLU MLP score model ``[B, *event_shape], t [B] (, labels [B]) -> [B, *event_shape]``.
 
     Architecture: e = embed(c_noise); cond = Lin(SiLU(Lin(e))) (+ label_embedding(labels));
@@ -139,14 +239,9 @@ class ScoreMLP(nn.Module):
         num_classes: int = 0,
         generator: torch.Generator | None = None,
     ):
-        super().__init__()
         if not isinstance(sde, SDE):
             raise TypeError(f"`sde` must be a scoresde.sdes.SDE, got {type(sde).__name__}")
-        if isinstance(event_shape, int):
-            event_shape = (event_shape,)
-        event_shape = tuple(event_shape)
-        if len(event_shape) < 1 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in event_shape):
-            raise ValueError(f"`event_shape` must be a non-empty tuple of positive ints, got {event_shape!r}")
+        event_shape = _check_event_shape(event_shape)
         check_int("width", width)
         check_int("depth", depth, minimum=0)
         check_in("parameterization", parameterization, PARAMETERIZATIONS)
@@ -163,44 +258,19 @@ class ScoreMLP(nn.Module):
         if data_std is not None:
             data_std = check_positive("data_std", data_std)
         generator = check_generator(generator)
+        super().__init__(event_shape, width=width, depth=depth, embedding=embedding, embedding_dim=embedding_dim,
+                         fourier_scale=fourier_scale, num_classes=num_classes, generator=generator)
 
         self.sde = sde
-        self.event_shape = event_shape
-        self.dim = math.prod(event_shape)
         self.parameterization = parameterization
         self.scale_by_sigma = scale_by_sigma
         self.noise_input = noise_input
         self.data_std = data_std
-        self.num_classes = num_classes
         self._config = dict(
             event_shape=list(event_shape), width=width, depth=depth, parameterization=parameterization,
             scale_by_sigma=scale_by_sigma, embedding=embedding, embedding_dim=embedding_dim,
             fourier_scale=fourier_scale, noise_input=noise_input, data_std=data_std, num_classes=num_classes,
         )  # fmt: skip
-
-        if embedding == "fourier":
-            self.embed = GaussianFourierEmbedding(embedding_dim, fourier_scale, generator)
-        else:
-            self.embed = SinusoidalEmbedding(embedding_dim)
-        # skip_init: allocate without drawing from torch's global RNG; _init_weights uses `generator`.
-        linear = partial(nn.utils.skip_init, nn.Linear)
-        self.noise_mlp = nn.Sequential(linear(embedding_dim, width), nn.SiLU(), linear(width, width))
-        self.label_embedding = nn.utils.skip_init(nn.Embedding, num_classes + 1, width) if num_classes > 0 else None
-        self.input = linear(self.dim, width)
-        self.blocks = nn.ModuleList(linear(width, width) for _ in range(depth))
-        self.output = linear(width, self.dim)
-        self._init_weights(generator)
-
-    # -- construction helpers ----------------------------------------------------------------
-    @torch.no_grad()
-    def _init_weights(self, generator: torch.Generator) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                bound = 1 / math.sqrt(m.in_features)
-                m.weight.uniform_(-bound, bound, generator=generator)
-                m.bias.uniform_(-bound, bound, generator=generator)
-            elif isinstance(m, nn.Embedding):
-                m.weight.normal_(generator=generator)
 
     @property
     def config(self) -> dict:
@@ -240,19 +310,7 @@ class ScoreMLP(nn.Module):
         if self.data_std is not None:
             c_in = torch.rsqrt(alpha**2 * self.data_std**2 + sigma**2)
             h = h * c_in.to(weight.dtype)[:, None]
-        cond = self.noise_mlp(self.embed(c_noise.to(weight.dtype)))
-        if labels is not None and labels.shape != t.shape:
-            raise ValueError(f"`labels` must have shape [B] = [{t.shape[0]}], got {tuple(labels.shape)}")
-        if self.label_embedding is not None:
-            if labels is None:
-                labels = torch.full_like(t, self.num_classes, dtype=torch.long)
-            cond = cond + self.label_embedding(labels)
-        elif labels is not None:
-            raise ValueError("`labels` given to an unconditional ScoreMLP (num_classes=0)")
-        h = self.input(h)
-        for block in self.blocks:
-            h = h + block(nn.functional.silu(h + cond))
-        out = self.output(nn.functional.silu(h))
+        out = self._body(h, c_noise, labels, "ScoreMLP")
         if self.scale_by_sigma:
             out = out / sigma.to(out.dtype)[:, None]
         elif self.parameterization == "denoiser" and self.data_std is not None:

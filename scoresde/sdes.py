@@ -1,6 +1,6 @@
 """Forward SDEs dx = f(x, t) dt + g(t) dw with Gaussian marginals x_t = alpha(t) x_0 + sigma(t) z.
 
-Conventions (``shared/MATH.md``, Song et al. 2021, "Score-based generative modeling through
+Conventions (``docs/conventions.md``; Song et al. 2021, "Score-based generative modeling through
 SDEs", and its code ``yang-song/score_sde``, ``sde_lib.py``):
 
 ========  =====================  ===================================  ============================  ==================
@@ -23,22 +23,75 @@ subclass and touches no sampler:
   score_sde's DDPM discretisation, for VE its SMLD one);
 * ``reverse_drift``: f - g^2 s for the reverse SDE, f - g^2 s / 2 for the probability-flow ODE;
 * ``timesteps(num_steps)``: the decreasing sampling grid from T to t_min.
+
+**Time checks.**  Every public method that takes a time (``alpha``, ``sigma``, ``drift``,
+``diffusion``, ``transition``, ...; also those a subclass defines) checks it once: finite and in
+[0, T] (``marginal`` / ``perturb``: [t_min, T]; ``transition``: s <= t).  Python numbers are
+accepted as 0-d float64 tensors.  The checks are skipped inside ``scoresde._checks.trusted_times()``
+(used by the samplers' and the training loop, whose times are checked once) and for the calls
+a checked method makes itself, so they never run in an inner loop.
 """
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ._checks import append_dims, check_int, check_positive
+from ._checks import _TRUSTED, append_dims, check_int, check_positive, check_times
 
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "DiscreteVPSDE", "ReverseTimeSDE", "ScoreFn"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """The common currency: ``score(x: [B, *D], t: [B]) -> [B, *D]``, an estimate of grad_x log p_t(x)."""
+
+
+# Public methods whose time arguments are checked (name -> the time arguments).
+_TIME_ARGS = {
+    "log_alpha": ("t",), "alpha": ("t",), "sigma": ("t",), "sigma_ve": ("t",), "drift": ("t",),
+    "diffusion": ("t",), "beta": ("t",), "transition": ("s", "t"), "discretize": ("s", "t"),
+    "reverse_drift": ("t",), "marginal": ("t",), "perturb": ("t",),
+}  # fmt: skip
+_FROM_T_MIN = ("marginal", "perturb")  # defined on [t_min, T] only
+
+
+def _checked_times(fn: Callable, name: str) -> Callable:
+    """Wrap an SDE method so that its time arguments are checked (unless trusted), then trusted inside."""
+    if getattr(fn, "_time_checked", False) or getattr(fn, "__isabstractmethod__", False):
+        return fn
+    params = list(inspect.signature(fn).parameters)[1:]  # without self
+    slots = [(arg, params.index(arg)) for arg in _TIME_ARGS[name]]
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        if _TRUSTED.get():
+            return fn(self, *args, **kwargs)
+        args = list(args)
+        lo, interval = (self.t_min, "[t_min, T] = ") if name in _FROM_T_MIN else (0.0, "[0, T] = ")
+        where = f"{type(self).__name__}.{name}: "
+        for arg, pos in slots:
+            if arg in kwargs:
+                kwargs[arg] = check_times(arg, kwargs[arg], lo, self.T, where=where, interval=interval)
+            elif pos < len(args):
+                args[pos] = check_times(arg, args[pos], lo, self.T, where=where, interval=interval)
+        if len(slots) == 2:  # transition / discretize: from s forward to t >= s
+            s_, t_ = (kwargs[a] if a in kwargs else args[p] for a, p in slots)
+            if torch.is_tensor(s_) and torch.is_tensor(t_) and s_.numel() and t_.numel():
+                gap = float((t_.detach().to(torch.float64) - s_.detach().to(torch.float64)).min())
+                if gap < -1e-7 * self.T:
+                    raise ValueError(f"{where}`s` must be <= `t` (a forward step from s to t), got s > t by {-gap:g}")
+        token = _TRUSTED.set(True)
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            _TRUSTED.reset(token)
+
+    wrapper._time_checked = True
+    return wrapper
 
 
 class SDE(abc.ABC):
@@ -51,6 +104,12 @@ class SDE(abc.ABC):
 
     T: float = 1.0
     t_min: float = 0.0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in _TIME_ARGS:  # a subclass's own time methods are checked like the base class's
+            if name in cls.__dict__ and callable(cls.__dict__[name]):
+                setattr(cls, name, _checked_times(cls.__dict__[name], name))
 
     # -- what a subclass defines -------------------------------------------------------------
     @abc.abstractmethod
@@ -103,11 +162,7 @@ class SDE(abc.ABC):
         """Raise if any entry of ``t`` lies outside [t_min, T] (public entry points call this once)."""
         if not torch.is_tensor(t) or t.ndim != 1:
             raise ValueError(f"`{name}` must be a 1-D tensor of shape [B], got {t!r}")
-        lo, hi = float(t.min()), float(t.max())
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < self.t_min - 1e-12 or hi > self.T + 1e-12:
-            raise ValueError(
-                f"`{name}` must lie in [t_min, T] = [{self.t_min:g}, {self.T:g}], got values in [{lo:g}, {hi:g}]"
-            )
+        check_times(name, t, self.t_min, self.T, interval="[t_min, T] = ")
 
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean alpha(t) x0 (shape of ``x0``) and std sigma(t) (shape ``[B]``) of p_t(x | x0)."""
@@ -377,11 +432,16 @@ class DiscreteVPSDE(SDE):
     @classmethod
     def linear(cls, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0) -> "DiscreteVPSDE":
         """DDPM's linear schedule: beta_i = beta_min/N + i/(N-1) (beta_max - beta_min)/N."""
-        check_int("num_steps", num_steps, minimum=2)
+        num_steps = check_int("num_steps", num_steps, minimum=2)
         check_positive("beta_min", beta_min)
         check_positive("beta_max", beta_max)
         if beta_min > beta_max:
             raise ValueError(f"`beta_min` must be <= `beta_max`, got beta_min={beta_min} > beta_max={beta_max}")
+        if beta_max / num_steps >= 1:
+            raise ValueError(
+                f"`num_steps` must be > `beta_max` (the last step's beta_max / num_steps must be < 1), got "
+                f"num_steps={num_steps}, beta_max={beta_max}: use num_steps > {math.floor(beta_max)} or a smaller beta_max"
+            )
         i = torch.arange(num_steps, dtype=torch.float64)
         return cls(beta_min / num_steps + i / (num_steps - 1) * (beta_max - beta_min) / num_steps)
 
@@ -435,3 +495,9 @@ class DiscreteVPSDE(SDE):
 
     def _repr_fields(self):
         return {"num_steps": self.num_steps, "beta_first": float(self.betas[0]), "beta_last": float(self.betas[-1])}
+
+
+for _name in _TIME_ARGS:  # the base class's own time methods (alpha, transition, marginal, ...)
+    if _name in SDE.__dict__:
+        setattr(SDE, _name, _checked_times(SDE.__dict__[_name], _name))
+del _name

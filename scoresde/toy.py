@@ -192,10 +192,12 @@ class GaussianMixture:
 
     def noisy_log_prob(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """log p(x) for x = alpha x_0 + sigma z, x_0 ~ this mixture (per-sample ``alpha, sigma: [B]``)."""
+        self._check_x(x)
         return self.component_log_probs(x, alpha, sigma).logsumexp(1)
 
     def noisy_score(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """grad_x log p(x) for x = alpha x_0 + sigma z; shape of ``x``."""
+        self._check_x(x)
         if self._isotropic:
             log_comp, var, xf, a, mu = self._isotropic_terms(x, alpha, sigma)
             r_over_v = torch.softmax(log_comp, dim=1) / var
@@ -251,11 +253,22 @@ class MixtureScore:
     sde: SDE
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self._check(x, t)
         return self.mixture.noisy_score(x, self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype))
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Exact log p_t(x), shape ``[B]``."""
+        self._check(x, t)
         return self.mixture.noisy_log_prob(x, self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype))
+
+    def _check(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        # Shapes only (no host synchronisation): cheap enough for every call of a sampling loop.
+        if not torch.is_tensor(x) or x.ndim < 2 or tuple(x.shape[1:]) != tuple(self.mixture.event_shape):
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"`x` must have shape [B, *{tuple(self.mixture.event_shape)}] (the mixture's event "
+                             f"shape), got {got}")
+        if torch.is_tensor(t) and t.ndim == 1 and t.shape[0] != x.shape[0]:
+            raise ValueError(f"`t` must have shape [B] = [{x.shape[0]}], got {tuple(t.shape)}")
 
 
 # -- the standard targets --------------------------------------------------------------------------

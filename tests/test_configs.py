@@ -6,6 +6,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -17,16 +18,19 @@ import scoresde
 from scoresde import samplers, sdes
 from scoresde.datasets import MixtureDataset, ToyDataset
 from scoresde.nets import ScoreMLP
+from scoresde.precond import Preconditioned
 from scoresde.training import TrainConfig
 from scoresde.apps import config_dir
 from scoresde.apps import schemas
 from scoresde.apps.schemas import register_schemas
 
+import sampler_registry
+
 CONF = config_dir()
 REPO = Path(scoresde.__file__).resolve().parent.parent
 GROUPS = ("data", "sde", "model", "sampler", "train")
-SAMPLERS = ("langevin", "annealed_langevin", "euler_maruyama", "reverse_diffusion", "ancestral", "pc",
-            "pc_langevin", "probability_flow", "ode_heun", "ddpm", "ddim")
+# the sampler options are derived (one source: conf/sampler/*.yaml and scoresde.samplers' exports)
+SAMPLERS = tuple(sampler_registry.yaml_names())
 MIXTURES = ("eight_gaussians", "grid_gaussians", "ncsn_two_modes", "anisotropic_mixture")
 
 
@@ -72,12 +76,22 @@ def test_config_dir_prefers_the_wheel_layout(tmp_path, monkeypatch):
         apps.config_dir()
 
 
+def test_sampler_yamls_and_exported_sampler_classes_correspond():
+    """Every conf/sampler yaml targets an exported sampler class, every exported sampler class has a
+    yaml and fast test settings, and the Hydra schemas cover exactly the exported classes."""
+    targets = {type(sampler_registry.from_yaml(name)) for name in SAMPLERS}
+    classes = set(samplers.sampler_classes())
+    assert targets == classes
+    assert set(samplers.FAST_SETTINGS) == {c.__name__ for c in classes}
+    generated = {cls for group, cls in schemas.GENERATED.values() if group == "sampler"}
+    assert {g.__name__.removesuffix("Schema") for g in generated} == {c.__name__ for c in classes}
+
+
 def test_groups_hold_the_expected_options():
-    assert set(SAMPLERS) == set(options("sampler"))
     assert {"ve", "vp", "subvp", "ddpm"} == set(options("sde"))
-    assert set(MIXTURES) | {"swiss_roll", "two_moons", "circles", "pinwheel", "two_spirals", "checkerboard"} \
-        == set(options("data"))
-    assert {"mlp", "mlp_score", "mlp_denoiser"} == set(options("model"))
+    assert set(MIXTURES) | {"swiss_roll", "two_moons", "circles", "pinwheel", "two_spirals", "checkerboard",
+                            "file", "shapes"} == set(options("data"))
+    assert {"mlp", "mlp_score", "mlp_denoiser", "precond_mlp", "unet"} == set(options("model"))
     assert {"default", "long", "smoke"} <= set(options("train"))
     assert {"none", "cfg", "classifier", "exact"} == set(options("guidance"))
     assert {"none", "pf_ode"} == set(options("likelihood"))
@@ -147,9 +161,12 @@ def _nodes_without_target(node, path=""):
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_instantiates_and_names_its_target(group, option):
+def test_every_option_composes_instantiates_and_names_its_target(group, option, tmp_path):
     cfg = composed(group, option)
     node = cfg[group]
+    if (group, option) == ("data", "file"):  # data=file needs data.path (tests/test_data_files.py covers it)
+        np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(20, 2)))
+        node = compose("train", overrides=["data=file", f"data.path={tmp_path / 'points.npy'}"]).data
     assert _nodes_without_target(node) == []
     obj = instantiate(node, _convert_="all")
     if group == "sampler":
@@ -161,10 +178,11 @@ def test_every_option_composes_instantiates_and_names_its_target(group, option):
         assert obj.sample(8, torch.Generator().manual_seed(0)).shape == (8, *obj.event_shape)
         assert isinstance(obj, MixtureDataset) == (option in MIXTURES)
     elif group == "model":
-        model = obj(sdes.VPSDE(), (2,), generator=torch.Generator().manual_seed(0))
-        assert isinstance(model, ScoreMLP)
-        x, t = torch.randn(4, 2), torch.full((4,), 0.5)
-        assert model.score_fn(x, t).shape == (4, 2)
+        shape = (1, 8, 8) if option == "unet" else (2,)  # the U-Net backbone takes images [B, C, H, W]
+        model = obj(sdes.VPSDE(), shape, generator=torch.Generator().manual_seed(0))
+        assert isinstance(model, (Preconditioned if option in ("precond_mlp", "unet") else ScoreMLP))
+        x, t = torch.randn(4, *shape), torch.full((4,), 0.5)
+        assert model.score_fn(x, t).shape == (4, *shape)
     else:
         assert isinstance(obj, TrainConfig)
         assert obj.seed == cfg.seed and obj.device == cfg.device  # interpolated from the root
@@ -174,21 +192,13 @@ def test_sampler_configs_mirror_one_class_each():
     def build(name):
         return instantiate(composed("sampler", name).sampler, _convert_="all")
 
+    # Hydra's composed node (schema defaults + yaml) must build the object the yaml alone describes
+    # with the class's own defaults: the generated schemas add or change nothing.
     rsde = samplers.ReverseSDE
-    expected = {
-        "langevin": samplers.Langevin(),
-        "annealed_langevin": samplers.AnnealedLangevin(),
-        "euler_maruyama": rsde(predictor=samplers.EulerMaruyamaPredictor()),
-        "reverse_diffusion": rsde(predictor=samplers.ReverseDiffusionPredictor()),
-        "ancestral": rsde(predictor=samplers.AncestralPredictor()),
-        "pc": samplers.PredictorCorrector(),
-        "pc_langevin": samplers.PredictorCorrector(corrector=samplers.LangevinCorrector(norm="batch")),
-        "probability_flow": samplers.ProbabilityFlowODE(method="RK45"),
-        "ode_heun": samplers.ProbabilityFlowODE(method="heun"),
-        "ddpm": samplers.DDPM(),
-        "ddim": samplers.DDIM(),
-    }
-    assert set(expected) == set(SAMPLERS)
+    expected = {name: sampler_registry.from_yaml(name) for name in SAMPLERS}
+    assert expected["euler_maruyama"] == rsde(predictor=samplers.EulerMaruyamaPredictor())
+    assert expected["pc_langevin"] == samplers.PredictorCorrector(corrector=samplers.LangevinCorrector(norm="batch"))
+    assert expected["probability_flow"] == samplers.ProbabilityFlowODE(method="RK45")
     for name, sampler in expected.items():
         assert build(name) == sampler, name
 
@@ -289,3 +299,15 @@ def test_only_the_apps_import_hydra():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("hydra", "omegaconf")]
     assert offenders == []
+
+
+def test_grid_is_config_selectable_on_every_fixed_step_sampler():
+    for name in SAMPLERS:
+        sampler = sampler_registry.from_yaml(name)
+        if not isinstance(sampler, samplers.FixedGridSampler) or not sampler.uses_grid:
+            continue
+        cfg = compose("sample", overrides=[f"sampler={name}", "sampler.grid=log_snr"])
+        assert instantiate(cfg.sampler, _convert_="all").grid == "log_snr", name
+    cfg = compose("sample", overrides=["sampler=ddim", "sampler.grid=karas"])
+    with pytest.raises(InstantiationException, match="`grid` must be one of"):
+        instantiate(cfg.sampler)

@@ -345,3 +345,138 @@ def test_wrong_types_raise_type_error():
         M.sliced_w2_to_mixture(X, "eight_gaussians")
     with pytest.raises(TypeError, match="`x`"):
         M.mmd(object(), X)
+
+
+# -- sharp metrics (scoresde.sharp), within-mode errors (scoresde.modes), floors (scoresde.floors) -----------
+from scoresde import floors as F  # noqa: E402
+from scoresde import modes as W  # noqa: E402
+from scoresde import sharp as S  # noqa: E402
+from scoresde.toy import anisotropic_mixture  # noqa: E402
+
+
+def test_within_mode_errors_closed_form():
+    """Far-apart components (responsibilities exactly 0/1): the errors are those of hand-built moments."""
+    mix = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [100.0, 0.0]], [[[4.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    a = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]) * 2 + torch.tensor([1.0, 0.0])
+    b = torch.tensor([[100.0, 1.0], [100.0, -1.0], [101.0, 0.0], [99.0, 0.0], [100.0, 0.0], [100.0, 0.0]])
+    e = W.within_mode_errors(torch.cat([a, b]), mix)
+    # component 0: mean (1, 0) -> L^-1 (1, 0) = (1/2, 0); covariance diag(4, 4) vs diag(4, 1): |3| / sqrt(17)
+    # component 1: mean exact; covariance diag(1/3, 1/3) vs I: sqrt(2) (2/3) / sqrt(2)
+    assert torch.allclose(e["mean_error"], torch.tensor([0.5, 0.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(e["cov_error"], torch.tensor([3 / math.sqrt(17), 2 / 3], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(e["weights"], torch.tensor([0.4, 0.6], dtype=torch.float64), atol=1e-12)
+    assert e["weight_error"] == pytest.approx(0.1) and e["max_mean_error"] == pytest.approx(0.5)
+    assert e["max_cov_error"] == pytest.approx(3 / math.sqrt(17))
+
+
+def test_within_mode_errors_are_consistent_for_overlapping_components():
+    """Soft weights: E[r_k] = w_k, E[r_k x] = w_k mu_k, E[r_k (x-mu_k)(x-mu_k)^T] = w_k Sigma_k exactly, so at
+    n = 200 000 every error is at the sampling level: weight sd <= sqrt(0.25/n) = 0.0011 -> bound 0.006 (5 sd);
+    mean error ~ chi_2 / sqrt(n w) <= 3.5 / sqrt(40 000) = 0.018; covariance error ~ 3 sqrt(2 / (n w)) = 0.021."""
+    mix = anisotropic_mixture()
+    e = W.within_mode_errors(mix.sample(200_000, gen(0), dtype=torch.float64), mix)
+    assert e["weight_error"] < 0.006 and e["max_mean_error"] < 0.02 and e["max_cov_error"] < 0.025, e
+
+
+def test_within_mode_floor_is_reproducible_and_ordered():
+    mix = eight_gaussians()
+    a = W.within_mode_floor(mix, 500, 50, gen(1))
+    assert a == W.within_mode_floor(mix, 500, 50, gen(1))
+    for name in W.WITHIN_MODE_SCALARS:
+        assert 0 < a[name]["p05"] <= a[name]["mean"] <= a[name]["p95"], name
+    # mean-error floor of one component ~ chi_2 / sqrt(n w): mean sqrt(pi/2) / sqrt(62.5) = 0.16; the max over 8
+    # components lies between that and ~2.5x it
+    assert 0.16 < a["max_mean_error"]["mean"] < 0.45
+    with pytest.raises(ValueError, match="repeats"):
+        W.within_mode_floor(mix, 500, 1)
+    with pytest.raises(TypeError, match="mixture"):
+        W.within_mode_errors(torch.zeros(5, 2), "eight_gaussians")
+
+
+def test_density_threshold_and_outlier_rate_for_a_gaussian():
+    """N(0, I_2): log p = -log(2 pi) - r^2/2 and P(r^2 > c) = exp(-c/2), so tau_q = -log(2 pi) + log q exactly.
+
+    MC: 10^6 reference points, the quantile's level error sd sqrt(q(1-q)/N) -> tau error ~ sd/q in log
+    (q = 1 %: 1 %, bound 0.05); outlier rate of 10^5 fresh points at the exact tau: sd 3e-4, bound 1.5e-3."""
+    mix = GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
+    q = 0.01
+    tau = S.density_threshold(mix.log_prob, mix.sample(1_000_000, gen(2), dtype=torch.float64), q)
+    assert tau == pytest.approx(-math.log(2 * math.pi) + math.log(q), abs=0.05)
+    exact = -math.log(2 * math.pi) + math.log(q)
+    assert abs(S.outlier_rate(mix.sample(100_000, gen(3), dtype=torch.float64), mix.log_prob, exact) - q) < 1.5e-3
+
+
+def test_binomial_band_matches_the_documented_floors():
+    assert S.binomial_band(2000, 0.001) == (0.0, 0.0025)
+    assert S.binomial_band(2000, 0.01) == (0.0065, 0.014)
+    assert S.binomial_band(4000, 0.5) == pytest.approx((0.487, 0.513), abs=5e-4)
+
+
+def test_kde_log_prob_closed_form_and_cv_bandwidth():
+    ref = torch.tensor([[0.0, 0.0], [1.0, 2.0], [-1.0, 0.5]], dtype=torch.float64)
+    x = torch.tensor([[0.3, -0.2], [2.0, 2.0]], dtype=torch.float64)
+    h = 0.7
+    want = torch.logsumexp(torch.stack([torch.tensor(stats.multivariate_normal(r.numpy(), h * h).logpdf(x.numpy()))
+                                        for r in ref]), 0) - math.log(3)
+    assert torch.allclose(S.kde_log_prob(ref, h)(x), want, atol=1e-5)  # float32 distances
+    # Gaussian data: Scott's rule is near-optimal, so cross-validation keeps a factor >= 0.5 of it;
+    # two moons (noise 0.1): a much smaller h
+    from scoresde.datasets import TwoMoons
+    g = gen(4)
+    normal = torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    assert S.cv_bandwidth(normal) >= 0.5 * S.scott_bandwidth(normal)
+    moons = TwoMoons().sample(2000, g, dtype=torch.float64)
+    assert S.cv_bandwidth(moons) < 0.4 * S.scott_bandwidth(moons)
+
+
+def test_c2st_known_accuracies():
+    """Equal laws: inside the Binomial(2n, 1/2) band; disjoint supports: 1; U(0,1) vs U(1/2, 3/2) in 1-D: the
+    Bayes accuracy 0.5 + TV/2 = 0.75 (n = 500 each: sd 0.014, plus the MLP's fit error; bound 0.05)."""
+    g = gen(5)
+    x, y = torch.randn(500, 2, generator=g), torch.randn(500, 2, generator=g)
+    lo, hi = S.binomial_band(1000, 0.5)
+    acc = S.c2st(x, y, generator=gen(6))
+    assert lo - 0.01 <= acc <= hi + 0.01
+    assert acc == S.c2st(x, y, generator=gen(6))  # fixed seeds: reproducible
+    assert S.c2st(x, y + 20.0, generator=gen(6)) == 1.0
+    u, v = torch.rand(500, 1, generator=g), torch.rand(500, 1, generator=g) + 0.5
+    assert abs(S.c2st(u, v, steps=200, generator=gen(7)) - 0.75) < 0.05
+    with pytest.raises(ValueError, match="dimension"):
+        S.c2st(x, torch.zeros(10, 3))
+
+
+def test_precision_recall_by_hand():
+    """1-D, k = 1: y = {0, 1, 2, 3} has 1-NN radii 1; x = {0.5, 5} has radii 4.5: precision 1/2, recall 1."""
+    y = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    x = torch.tensor([[0.5], [5.0]])
+    assert S.precision_recall(x, y, k=1) == (0.5, 1.0)
+    assert S.precision_recall(y, y, k=1) == (1.0, 1.0)
+    assert S.precision_recall(y + 100, y, k=1) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="k"):
+        S.precision_recall(x, y, k=2)  # k <= min(n, m) - 1
+
+
+def test_outlier_z_band_is_exact():
+    """The simulated band of outlier_z against the exact law of the nested binomial counts: the p95 is the
+    smallest attainable value whose exact CDF reaches 0.95 (to the simulation's +-0.002)."""
+    n, q1, q2 = 2000, 0.001, 0.01
+    lo, hi, _ = F._z_band(n, [q1, q2], seed=0)
+    k1 = np.arange(0, 60)
+    k2 = np.arange(0, 200)
+    p1 = stats.binom.pmf(k1, n, q1)
+
+    def cdf(t):  # P(max z <= t) = sum_k1 P(k1) P(k2 <= c2 | k1) over k1 with z1 <= t
+        z1 = (k1 - n * q1) / math.sqrt(n * q1 * (1 - q1))
+        c2 = n * q2 + t * math.sqrt(n * q2 * (1 - q2))
+        inner = stats.binom.cdf(np.floor(c2) - k1, n - k1, (q2 - q1) / (1 - q1))
+        return float((p1 * inner * (z1 <= t + 1e-12)).sum())
+
+    assert cdf(hi) >= 0.95 - 0.002 and cdf(hi - 0.01) < 0.95 + 0.002
+    assert F._outlier_z([2, 20], n, [q1, q2]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_verdict_direction():
+    assert F.verdict("c2st", 0.6, (0.48, 0.52)) == "above floor"
+    assert F.verdict("c2st", 0.45, (0.48, 0.52)) == "at floor"  # below the band is not worse
+    assert F.verdict("knn_recall", 0.9, (0.95, 0.98)) == "above floor"
+    assert F.verdict("knn_recall", 0.99, (0.95, 0.98)) == "at floor"

@@ -4,9 +4,11 @@ import math
 import pytest
 import torch
 
+import sampler_registry
 from scoresde.samplers import (
     DDIM,
     DDPM,
+    EDMHeun,
     AncestralPredictor,
     AnnealedLangevin,
     AnnealedLangevinCorrector,
@@ -35,7 +37,11 @@ ALL_SAMPLERS = [
     ProbabilityFlowODE(method="heun", num_steps=10),
     DDPM(num_steps=10),
     DDIM(num_steps=10, eta=0.5),
+    EDMHeun(num_steps=6, s_churn=10.0),
+    ProbabilityFlowODE(method="rk4", num_steps=5),
 ]
+# plus one fast instance per conf/sampler yaml (derived: a new sampler's yaml puts it in this list)
+ALL_SAMPLERS += [s for s in sampler_registry.fast_yaml_samplers().values() if s not in ALL_SAMPLERS]
 IDS = [repr(s)[:60] for s in ALL_SAMPLERS]
 
 
@@ -159,7 +165,7 @@ class _Counting:
         (lambda: PredictorCorrector(order="sideways"), "order"),
         (lambda: PredictorCorrector(corrector_steps=-1), "corrector_steps"),
         (lambda: PredictorCorrector(predictor=None, corrector=None), "predictor"),
-        (lambda: ProbabilityFlowODE(method="rk4"), "method"),
+        (lambda: ProbabilityFlowODE(method="rk5"), "method"),
         (lambda: ProbabilityFlowODE(rtol=0.0), "rtol"),
     ],
 )
@@ -203,3 +209,97 @@ def test_score_fn_with_wrong_shape_or_non_finite_output_is_caught_on_the_first_c
     with pytest.raises(ValueError, match="score_fn.*non-finite"):
         DDIM(num_steps=5).sample(bad, sde, (4, 2), generator=g)
     assert bad.calls == 1
+
+
+# -- issue 10: every score call checked, bounded work, per-sample seeds -------------------------------
+
+from scoresde.samplers import NonFiniteScoreError  # noqa: E402
+from scoresde.likelihood import ProbabilityFlowLikelihood  # noqa: E402
+
+
+class _TurnsBad:
+    """-x for the first ``good`` calls, then ``bad(x)``."""
+
+    def __init__(self, good, bad):
+        self.calls, self.good, self.bad = 0, good, bad
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return -x if self.calls <= self.good else self.bad(x)
+
+
+@pytest.mark.parametrize("sampler", [DDIM(num_steps=8), EDMHeun(num_steps=8), ReverseSDE(num_steps=8),
+                                     PredictorCorrector(num_steps=8), ProbabilityFlowODE(method="rk4", num_steps=5)],
+                         ids=lambda s: type(s).__name__)
+def test_a_score_that_turns_nan_later_raises_with_the_step_and_t(sampler):
+    sde = VPSDE()
+    score = _TurnsBad(3, lambda x: torch.full_like(x, math.nan))
+    with pytest.raises(NonFiniteScoreError, match=r"non-finite values first at step \d+, t = [0-9.e-]+ \(evaluation 4 of"):
+        sampler.run(score, sde, (4, 2), generator=torch.Generator().manual_seed(0))
+    # and a callback never sees the NaN state: the check runs before each callback
+    seen = []
+    with pytest.raises(NonFiniteScoreError):
+        sampler.run(_TurnsBad(3, lambda x: torch.full_like(x, math.nan)), sde, (4, 2),
+                    generator=torch.Generator().manual_seed(0), callback=lambda info: seen.append(info.x))
+    assert all(bool(torch.isfinite(x).all()) for x in seen)
+
+
+def test_every_score_call_is_checked_for_shape_dtype_and_device():
+    sde = VPSDE()
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"score_fn.*dtype.*evaluation 3"):
+        DDIM(num_steps=6).sample(_TurnsBad(2, lambda x: -x.double()), sde, (4, 2), generator=g)
+    with pytest.raises(ValueError, match=r"score_fn.*shape.*evaluation 3"):  # broadcastable [B, 1]
+        DDIM(num_steps=6).sample(_TurnsBad(2, lambda x: -x[:, :1]), sde, (4, 2), generator=g)
+    with pytest.raises(ValueError, match=r"score_fn.*shape"):
+        Langevin(num_steps=6).sample(_TurnsBad(2, lambda x: -x[:1]), sde, (4, 2), generator=g)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Langevin(num_steps=10**12), "num_steps"),
+        (lambda: PredictorCorrector(num_steps=10**12), "num_steps"),
+        (lambda: AnnealedLangevin(num_levels=10**4, steps_per_level=10**4), "steps_per_level"),
+        (lambda: ProbabilityFlowODE(rtol=1e-300, atol=1e-300), "rtol"),
+        (lambda: ProbabilityFlowODE(atol=1e-300), "atol"),
+        (lambda: ProbabilityFlowLikelihood(rtol=1e-300), "rtol"),
+        (lambda: EDMHeun(num_steps=10**7), "num_steps"),
+    ],
+)
+def test_unbounded_work_is_refused_up_front(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def _seeded(sampler, sde, score, seeds, shape):
+    return sampler.sample(score, sde, (len(seeds), *shape), seeds=seeds, dtype=torch.float64)
+
+
+BATCH_DEPENDENT = {"pc_langevin", "probability_flow"}  # batch-averaged corrector norms; one scipy step size
+SEEDED = {name: s for name, s in sampler_registry.fast_yaml_samplers().items() if name not in BATCH_DEPENDENT}
+
+
+@pytest.mark.parametrize("name", sorted(SEEDED))
+def test_per_sample_seeds_make_sample_i_independent_of_the_batch(name):
+    """With ``seeds``, sample i is the same drawn in one batch of 6 or in batches of 4 and 2 (float64;
+    up to round-off of batched arithmetic)."""
+    sde = VPSDE()
+    score = eight_gaussians().score_fn(sde)
+    sampler = SEEDED[name]
+    whole = _seeded(sampler, sde, score, list(range(100, 106)), (2,))
+    parts = torch.cat([_seeded(sampler, sde, score, list(range(100, 104)), (2,)),
+                       _seeded(sampler, sde, score, [104, 105], (2,))])
+    torch.testing.assert_close(whole, parts, atol=1e-10, rtol=1e-10)
+    other = _seeded(sampler, sde, score, [7] + list(range(101, 106)), (2,))
+    torch.testing.assert_close(other[1:], whole[1:], atol=1e-10, rtol=1e-10)
+
+
+def test_seeds_are_checked():
+    sde, score = VPSDE(), eight_gaussians().score_fn(VPSDE())
+    with pytest.raises(ValueError, match="seeds"):
+        DDIM(num_steps=3).sample(score, sde, (4, 2), seeds=range(3))
+    with pytest.raises(ValueError, match="seeds"):
+        DDIM(num_steps=3).sample(score, sde, (2, 2), seeds=[0, -1])
+    with pytest.raises(ValueError, match="seeds"):
+        DDIM(num_steps=3).sample(score, sde, (2, 2), seeds=[0, 1], generator=torch.Generator())

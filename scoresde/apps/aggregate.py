@@ -3,14 +3,17 @@
 Writes, in ``SWEEP_DIR``:
 
 * ``summary.csv``: one row per job: job, status, the config-group choices, the job's overrides,
-  NFE, wall times, and for each metric its value, noise floor and ratio; when present, guidance
+  NFE, wall times, the headline's name, and for each metric (``metrics.json`` ``quality``) its value,
+  ``<metric>_verdict`` ("at floor" / "above floor") and floor band ``<metric>_p05``, ``<metric>_p95``;
+  when present, guidance
   (``guidance_scale``, ``guidance_label``, ``precision`` and ``spread`` with their per-class
   ``precision_<c>``) and likelihood (``nll``, ``nll_stderr``, ``nll_nfe``, and for exact densities
   ``nll_exact`` and ``kl_estimate`` = nll - nll_exact with ``kl_stderr``); failed jobs have
   ``status = failed`` and the error message;
-* ``summary.md``: the same as a Markdown table (ratios, NFE, times, precision, NLL, KL, errors);
+* ``summary.md``: the same as a Markdown table, the headline (``floors.HEADLINE``, the 0.1 % outlier
+  rate) first, each metric as value and verdict, the floor bands listed once above the table;
 * ``comparison.png``: one scatter panel per job (samples over the data), titled with the job's
-  overrides and its sliced-W2 / noise-floor ratio, or the error of a failed job.
+  overrides and its headline with verdict (red title: above floor), or the error of a failed job.
 
 A job is a directory under ``SWEEP_DIR`` with Hydra's ``.hydra/`` folder; its results are its
 ``metrics.json`` and ``samples.npz``.  A job that died before writing ``metrics.json`` (killed, out
@@ -31,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import figures
-from .common import HEADLINE
+from ..floors import HEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,14 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "nfe": record.get("nfe"),
             **{k: record.get("time", {}).get(k) for k in ("train_s", "sample_s", "evaluate_s", "total_s")},
         }
-        for name, q in (record.get("quality") or {}).items():
-            row[name], row[f"{name}_floor"], row[f"{name}_ratio"] = q.get("value"), q.get("floor"), q.get("ratio")
+        quality = record.get("quality") or {}
+        row["headline"] = quality.get("headline")
+        if quality.get("metrics"):
+            row["above_floor"] = f"{len(quality.get('above_floor', []))}/{len(quality['metrics'])}"
+        for name, q in (quality.get("metrics") or {}).items():
+            band = q.get("floor_band") or [None, None]
+            row[name], row[f"{name}_verdict"] = q.get("value"), q.get("verdict")
+            row[f"{name}_p05"], row[f"{name}_p95"] = band[0], band[1]
         row.update(_guided_columns(record))
         row.update(_nll_columns(record.get("nll")))
         row["error"] = record.get("error")
@@ -142,26 +151,47 @@ def _write_csv(rows: Sequence[dict], path: Path) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
+def _metric_names(rows: Sequence[dict]) -> list[str]:
+    """Metrics present in any row, the headline first."""
+    names = [c.removesuffix("_verdict") for c in _columns(rows) if c.endswith("_verdict")]
+    return sorted(names, key=lambda c: c != HEADLINE)
+
+
 def _write_markdown(rows: Sequence[dict], path: Path, title: str) -> None:
-    ratios = [c for c in _columns(rows) if c.endswith("_ratio")]
-    ratios.sort(key=lambda c: c != f"{HEADLINE}_ratio")  # the headline first
+    metrics = _metric_names(rows)
     common = sorted(set.intersection(*(set(r["overrides"].split()) for r in rows))) if len(rows) > 1 else []
     rows = [{**row, "overrides": label} for row, label in zip(rows, _labels(rows))]
-    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *ratios, *_GUIDED[2:], *_NLL, "error"]
+    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *metrics[:1], "above_floor", *metrics[1:],
+               *_GUIDED[2:], *_NLL, "error"]
     columns = [c for c in columns if c in ("job", "status") or any(row.get(c) not in (None, "") for row in rows)]
-    header = [c.removesuffix("_ratio") + " / floor" if c.endswith("_ratio") else c for c in columns]
+    header = [f"**{c}** (headline)" if c == HEADLINE else c for c in columns]
 
     def cell(row, c):
-        text = _fmt(row.get(c))
+        if c in metrics and row.get(c) is not None:
+            above = row.get(f"{c}_verdict") == "above floor"
+            text = f"{_fmt(row[c])} {'**above floor**' if above else 'at floor'}"
+        else:
+            text = _fmt(row.get(c))
         if c == "error":
             text = text.splitlines()[0][:120] if text else ""
         return text.replace("|", "\\|")
 
+    bands = []
+    for m in metrics:  # one line per metric when every job shares its floor band (same data and n)
+        found = {(r.get(f"{m}_p05"), r.get(f"{m}_p95")) for r in rows if r.get(m) is not None}
+        if len(found) == 1:
+            lo, hi = found.pop()
+            bands.append(f"`{m}` [{_fmt(lo)}, {_fmt(hi)}]")
     ok = sum(r["status"] == "ok" for r in rows)
     shared = f" Overrides of every job: `{' '.join(common)}`." if common else ""
-    lines = [f"# {title}", "", f"{len(rows)} jobs, {ok} ok.{shared} Ratios are metric / i.i.d. noise floor "
-             "(about 1: indistinguishable from exact samples of the same size).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"# {title}", "", f"{len(rows)} jobs, {ok} ok.{shared}", "",
+             f"Headline: `{HEADLINE}`, the fraction of samples below the 0.1 % quantile of the data's "
+             "log-density (exact samples: 0.001). Each metric reads *at floor* or **above floor** against the "
+             "5-95 % band of the same metric between exact samples of the same size (summary.csv: `_p05`, `_p95`); "
+             "`above_floor`: how many metrics are above floor (exact samples: 0.4 of 8 on average)."]
+    if bands:
+        lines += ["", "Floor bands: " + ", ".join(bands) + "."]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
     path.write_text("\n".join(lines) + "\n")
 
@@ -185,8 +215,10 @@ def _panel(row: dict, title: str) -> dict:
         panel["title"] = f"{title}\nFAILED"
         panel["error"] = (row.get("error") or "failed").splitlines()[0]
     else:
-        ratio = row.get(f"{HEADLINE}_ratio")
-        panel["title"] = f"{title}\nSW2 / floor {ratio:.2f}, NFE {row.get('nfe')}" if ratio is not None else title
+        value, verdict = row.get(HEADLINE), row.get(f"{HEADLINE}_verdict")
+        panel["title"] = (f"{title}\noutliers {100 * value:.2f} % ({verdict}), {row.get('above_floor')} above, "
+                          f"NFE {row.get('nfe')}" if value is not None else title)
+        panel["above"] = verdict == "above floor"
     return panel
 
 

@@ -7,8 +7,8 @@
      "overrides": [...],                                           # the job's command-line overrides
      "sde": "VPSDE(...)", "data": "MixtureDataset(...)", "sampler": "PredictorCorrector(...)",
      "num_samples", "nfe", "time": {"build_s", "train_s", "sample_s", "evaluate_s", "total_s"},
-     "quality": {metric: {"value", "floor", "ratio"}},             # floor: rms over i.i.d. repeats
-     "evaluation": <scoresde.metrics.evaluate(...) dict>,
+     "quality": <scoresde.floors.assess(...) dict>: {"headline", "n", "density", "metrics":
+                 {name: {"value", "floor_band": [p05, p95], "floor_mean", "verdict", "meaning"}}, ...},
      "train": {...},                                               # scoresde-train only
      "guidance": {"kind", "scale", "label", "num_classes", ...},   # scoresde-sample only
      "precision": {"mean", "per_class": {c: p}, "method"},         # guided runs (scoresde.apps.guided)
@@ -18,23 +18,31 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
+import shlex
+import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .._checks import check_int
+from .._io import atomic_write, atomic_write_with, probe_writable, remove_stale_temporaries
 
 from ..datasets import MixtureDataset
-from ..metrics import evaluate
+from .evaluation import check_eval_metrics, evaluate_job, headline_text
+from ..scale import warn_prior_mismatch
+from ..floors import HEADLINE  # noqa: F401  (re-exported: the metric a job returns, tables lead with)
 from . import figures
 from .guided import class_metrics, class_target, likelihood_metrics
 
@@ -42,7 +50,6 @@ log = logging.getLogger(__name__)
 
 # Independent random streams of one job, derived from the job's seed (training uses the seed itself).
 MODEL_INIT, SAMPLING, EVAL_DATA, METRICS, HELD_OUT, GUIDANCE = 1, 2, 3, 4, 5, 6
-HEADLINE = "sliced_w2"  # the metric whose ratio to its noise floor a job returns and tables lead with
 
 
 def output_dir() -> Path:
@@ -85,12 +92,129 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` as JSON atomically (temporary file in the same directory, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON atomically (``scoresde._io.atomic_write``); a failed write names the file."""
+    atomic_write(path, (json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+# -- user errors, the run directory, validation --------------------------------------------------
+class UsageError(CompactHydraException, ValueError):
+    """A mistake in the command line or config, found before any work: Hydra prints its message as one line."""
+
+
+@contextlib.contextmanager
+def user_errors(app: str) -> Iterator[None]:
+    """Turn the errors of building a job from its config (bad values, missing files, no CUDA) into ``UsageError``."""
+    from ..checkpoints import CheckpointError
+    from ..datasets import DataError
+
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, TypeError, OSError, KeyError, CheckpointError, DataError) as e:
+        raise UsageError(f"scoresde-{app}: {e}") from e
+
+
+def report_usage_errors(app: str, task, cfg: DictConfig):
+    """Run ``task(cfg)``; a ``UsageError`` of a single run prints one line on stderr and exits with status 1.
+
+    (Hydra would add "Error executing job with overrides" and a HYDRA_FULL_ERROR hint.)  In a
+    multirun the error is re-raised, so the launcher records the failed job and runs the others.
+    """
+    try:
+        return task(cfg)
+    except UsageError as e:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"{e}" if str(e).startswith("scoresde-") else f"scoresde-{app}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def _argv_value(argv: Sequence[str], key: str) -> str | None:
+    """The last ``key=value`` override of ``argv`` (quotes stripped), or None."""
+    value = None
+    for arg in argv:
+        if arg.lstrip("+").startswith(key + "="):
+            value = arg.lstrip("+")[len(key) + 1:].strip("'\"")
+    return value
+
+
+def check_run_directory(app: str, argv: Sequence[str] | None = None) -> None:
+    """Refuse, before Hydra writes anything, a single run whose ``hydra.run.dir`` holds an earlier run.
+
+    ``scoresde-train`` refuses a directory with ``last.pt`` or ``metrics.json`` unless ``resume=true``,
+    and ``resume=true`` without a ``last.pt`` to continue; ``scoresde-sample`` refuses a training run's
+    directory (one with ``last.pt``).  Prints one line and exits with status 1.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-m" in argv or "--multirun" in argv or any(a.startswith(("--help", "-h", "--cfg", "-c", "--info")) for a in argv):
+        return
+    run_dir = _argv_value(argv, "hydra.run.dir")
+    resume = str(_argv_value(argv, "resume") or "false").lower() in ("true", "yes", "on", "1")
+    own_checkpoint_dir = _argv_value(argv, "train.checkpoint_dir") not in (None, "null", "")
+    problem = None
+    if app == "train" and resume and run_dir is None:
+        problem = "resume=true needs hydra.run.dir=<the directory of the run to continue>"
+    elif run_dir is not None:
+        d = Path(run_dir).expanduser()
+        has_ckpt, has_metrics = (d / "last.pt").is_file(), (d / "metrics.json").is_file()
+        if app == "train" and resume and not has_ckpt and not own_checkpoint_dir:
+            problem = f"resume=true but {d} has no last.pt to resume from; drop resume=true to start a new run"
+        elif app == "train" and not resume and (has_ckpt or has_metrics):
+            problem = (f"{d} already holds a run ({'last.pt' if has_ckpt else 'metrics.json'}); continue it with "
+                       f"`scoresde-train resume=true hydra.run.dir={d}` (and the run's other overrides), or choose "
+                       "another hydra.run.dir")
+        elif app == "sample" and has_ckpt:
+            problem = f"{d} holds a training run (last.pt); choose another hydra.run.dir for the samples"
+    if problem:
+        print(f"scoresde-{app}: error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def start_job(app: str, out: Path) -> None:
+    """Say where the job writes, check that it can, and remove temporary files of an interrupted earlier write."""
+    probe_writable(out, "output directory")
+    for stale in remove_stale_temporaries(out):
+        log.info("removed %s, left by an interrupted write", stale)
+    log.info("scoresde-%s: output directory %s", app, out)
+
+
+def validate_app_config(cfg: DictConfig) -> None:
+    """Check the config values that are used only after training or sampling, naming the config key."""
+    check_int("num_samples", cfg.num_samples, minimum=1)
+    check_int("seed", cfg.seed, minimum=0, maximum=2**63 - 1)
+    ev = cfg.eval
+    check_int("eval.repeats", ev.repeats, minimum=2)
+    check_int("eval.seed", ev.seed, minimum=0, maximum=2**63 - 1)
+    check_int("eval.c2st_steps", ev.c2st_steps, minimum=1)
+    check_int("eval.num_projections", ev.num_projections, minimum=1)
+    check_int("eval.plot_points", ev.plot_points, minimum=1)
+    if ev.metrics is not None:
+        metrics = list(ev.metrics)
+        if not metrics:
+            raise ValueError("`eval.metrics` must be null (the defaults) or a non-empty list of metric names")
+        check_eval_metrics(metrics)
+    lk = cfg.get("likelihood")
+    if lk is not None:
+        check_int("likelihood.num_points", lk.num_points, minimum=1)
+        check_int("likelihood.batch_size", lk.batch_size, minimum=1)
+        from hydra.utils import instantiate
+
+        options = OmegaConf.to_container(lk)
+        options.pop("num_points"), options.pop("batch_size")
+        try:
+            instantiate(options, _convert_="all")
+        except Exception as e:  # noqa: BLE001 - Hydra wraps the constructor's error
+            cause = e.__cause__ or e
+            raise ValueError(f"likelihood: {cause}") from e
+
+
+
+
+def resume_hint(app: str, record: "JobRecord", out: Path) -> str:
+    """The command that continues this run: its overrides, ``resume=true`` and ``hydra.run.dir``."""
+    keep = [o for o in record.get("overrides", []) if not o.lstrip("+").startswith(("resume=", "hydra.run.dir="))]
+    return " ".join(["scoresde-" + app, *map(shlex.quote, keep), "resume=true", f"hydra.run.dir={shlex.quote(str(out))}"])
 
 
 class JobRecord(dict):
@@ -120,11 +244,19 @@ class JobRecord(dict):
         if exc is None:
             self["status"] = "ok"
         else:
-            self.update(status="failed", error=f"{exc_type.__name__}: {exc}",
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.update(status="interrupted" if interrupted else "failed", error=f"{exc_type.__name__}: {exc}",
                         traceback="".join(traceback.format_exception(exc_type, exc, tb)))
-            log.error("job failed (%s: %s); metrics.json records it. After a sweep, "
-                      "`scoresde-aggregate <sweep dir>` summarises the jobs that ran.", exc_type.__name__, exc)
-        write_json(dict(self), self.path)
+            if not interrupted and not isinstance(exc, CompactHydraException):  # Hydra prints those compactly
+                log.error("job failed (%s: %s); metrics.json records it", exc_type.__name__, exc)
+        try:
+            write_json(dict(self), self.path)
+        except OSError as e:
+            if exc is None:
+                raise
+            log.error("%s", e)  # keep the job's own error as the one that propagates
+        if exc is None:
+            log.info("results in %s", self.path.parent)
         return False
 
 
@@ -160,7 +292,7 @@ def evaluate_likelihood(record: JobRecord, score_fn, sde, data, cfg: DictConfig,
 
 def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: DictConfig,
                         device: torch.device, out_dir: Path, labels: torch.Tensor | None = None) -> float | None:
-    """Sample ``cfg.num_samples`` points, evaluate them against fresh data, plot; returns the headline ratio.
+    """Sample ``cfg.num_samples`` points, evaluate them (``evaluation.evaluate_job``), plot; returns the headline value.
 
     With ``labels`` ``[n]`` (a guided score), the samples are compared with the class's target
     (``guided.class_target``) and ``precision`` / ``spread`` are recorded.
@@ -168,6 +300,9 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     n = cfg.num_samples
     shape = (n, *data.event_shape)
     generator = make_generator(cfg.seed, SAMPLING, device)
+    # p_T far from the prior (data off-centre / too wide for the SDE) biases every sampler: say so
+    warn_prior_mismatch(data.mixture if isinstance(data, MixtureDataset)
+                        else data.sample(min(n, 10_000), make_generator(cfg.seed, EVAL_DATA)), sde, logger=log)
     start = time.perf_counter()
     result = sampler.run(score_fn, sde, shape, generator=generator, progress=cfg.progress)
     if device.type == "cuda":
@@ -181,7 +316,8 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     log.info("sampled %d points with %s: %d score evaluations in %.1f s", n, type(sampler).__name__,
              result.nfe, record["time"]["sample_s"])
 
-    # Evaluation on the CPU in float64: against the exact mixture where there is one, else fresh data.
+    # Evaluation on the CPU in float64: against the exact mixture where there is one, else the data set
+    # (scoresde.apps.evaluation); the reference drawn here is only for the plots and samples.npz.
     start = time.perf_counter()
     data_gen = make_generator(cfg.seed, EVAL_DATA)
     if labels is not None:
@@ -190,36 +326,30 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
             reference = target[:n]
         else:
             reference = target.sample(n, data_gen, dtype=torch.float64).reshape(n, -1)
-    elif isinstance(data, MixtureDataset):
-        target = data.mixture
-        reference = data.mixture.sample(n, data_gen, dtype=torch.float64).reshape(n, -1)
     else:
-        target = data.sample(4 * n, data_gen, dtype=torch.float64).reshape(4 * n, -1)  # evaluate draws 2n per repeat
-        reference = target[:n]
-    ev = cfg.eval
-    evaluation = evaluate(x, target, metrics=None if ev.metrics is None else list(ev.metrics), repeats=ev.repeats,
-                          num_projections=ev.num_projections, generator=make_generator(cfg.seed, METRICS))
+        reference = data.sample(n, data_gen, dtype=torch.float64).reshape(n, -1)
+    record["quality"] = evaluate_job(x, data, cfg, labels, make_generator(cfg.seed, METRICS))
     record["time"]["evaluate_s"] = time.perf_counter() - start
-    record["evaluation"] = evaluation
-    record["quality"] = {name: {"value": m["value"], "floor": m["floor_rms"], "ratio": m["ratio"]}
-                         for name, m in evaluation["metrics"].items()}
-    headline = record["quality"].get(HEADLINE, {}).get("ratio")
-    for name, q in record["quality"].items():
-        log.info("%-22s %.4g  (noise floor %.4g, ratio %.2f)", name, q["value"], q["floor"],
-                 math.nan if q["ratio"] is None else q["ratio"])
+    name = record["quality"].get("headline")
+    headline = record["quality"]["metrics"][name]["value"] if name else None
 
     if labels is not None:
         record["precision"], record["spread"] = class_metrics(x, labels, data, make_generator(cfg.seed, METRICS))
         log.info("precision %.3f (%s), per class %s", record["precision"]["mean"], record["precision"]["method"],
                  {c: round(p, 3) for c, p in record["precision"]["per_class"].items()})
 
+    to_user_units = getattr(data, "to_user_units", None)  # FileDataset: evaluated in training units, saved in the file's
+    if to_user_units is not None:
+        x = to_user_units(x.reshape(n, *data.event_shape)).reshape(n, -1)
+        reference = to_user_units(reference.reshape(reference.shape[0], *data.event_shape)).reshape(reference.shape[0], -1)
+        record["units"] = "the data file's (samples.npz, samples.png); metrics in standardised training units"
     k = min(n, cfg.eval.plot_points)
     x_np, ref_np = x[:k].numpy(), reference[:k].numpy()
-    np.savez_compressed(out_dir / "samples.npz", samples=x.numpy().astype(np.float32),
-                        reference=reference.numpy().astype(np.float32))
+    atomic_write_with(out_dir / "samples.npz", lambda f: np.savez_compressed(
+        f, samples=x.numpy().astype(np.float32), reference=reference.numpy().astype(np.float32)))
     sampler_name = record["choices"].get("sampler", type(sampler).__name__)
-    ratio = "" if headline is None else f", sliced W2 / floor = {headline:.2f}"
-    figures.plot_samples(x_np, ref_np, out_dir / "samples.png",
-                         title=f"{sampler_name}: {n} samples, NFE {result.nfe}{ratio}")
+    quality_line = headline_text(record["quality"])
+    atomic_write_with(out_dir / "samples.png", lambda f: figures.plot_samples(
+        x_np, ref_np, f, title=f"{sampler_name}: {n} samples, NFE {result.nfe}\n{quality_line}"))
     return headline
 

@@ -74,7 +74,10 @@ def plot_samples(samples: np.ndarray, data: np.ndarray, path: str | Path, *, tit
 
 
 def plot_comparison(panels: Sequence[dict], path: str | Path) -> None:
-    """One scatter per job: ``panels`` of {"title", "samples" (or None), "data" (or None), "error"}."""
+    """One scatter per job: ``panels`` of {"title", "samples" (or None), "data" (or None), "error", "above"}.
+
+    ``above``: the job's headline is above its noise floor; its title is drawn in red.
+    """
     n = max(1, len(panels))
     cols = min(n, 4)
     rows = math.ceil(n / cols)
@@ -89,7 +92,7 @@ def plot_comparison(panels: Sequence[dict], path: str | Path) -> None:
         if panel.get("error"):
             ax.text(0.5, 0.5, "\n".join(textwrap.wrap(panel["error"], 34)[:6]), transform=ax.transAxes,
                     ha="center", va="center", fontsize=7, color="C3")
-        ax.set_title(panel.get("title", ""), fontsize=8)
+        ax.set_title(panel.get("title", ""), fontsize=8, color="C3" if panel.get("above") else "black")
     for ax in axes[len(panels):]:
         ax.set_axis_off()
     fig.savefig(path, dpi=100)

@@ -35,11 +35,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..datasets import MixtureDataset
-from ..nets import ScoreMLP
+from ..loading import model_from_state
 from ..training import load_checkpoint, load_weights
 from . import config_dir
-from .common import (GUIDANCE, JobRecord, evaluate_likelihood, make_generator, output_dir, resolve_device,
-                     sample_and_evaluate)
+from .common import (GUIDANCE, JobRecord, check_run_directory, evaluate_likelihood, make_generator, output_dir,
+                     report_usage_errors, resolve_device, sample_and_evaluate, start_job, user_errors,
+                     validate_app_config)
 from .guided import build_guidance, check_guidance_values
 from .schemas import register_schemas
 
@@ -76,11 +77,14 @@ def _trained_model(cfg: DictConfig, device):
         extra = {"num_classes": saved["num_classes"]} if "num_classes" in saved else {}  # conditional=true runs
         model = instantiate(run_cfg.model, _convert_="all", **extra)(sde, data.event_shape)
     elif state.get("model_config"):
-        model = ScoreMLP(sde, **state["model_config"])
+        model = model_from_state(state, sde, path)  # the checkpoint's own model class (scoresde.loading)
     else:
         raise ValueError(f"checkpoint {path} has no model config and no training-run config beside it; "
                          "rebuild the model in Python and use scoresde.training.load_weights")
     load_weights(model, path, ema=cfg.ema)
+    if "data_transform" in state and hasattr(data, "transform"):  # a FileDataset: the units the model was trained in
+        from ..datafiles import Standardization
+        data.transform = Standardization.from_state_dict(state["data_transform"])
     model.to(device).eval().requires_grad_(False)
     info = {"checkpoint": str(path.resolve()), "step": state["step"], "ema": cfg.ema,
             "run_choices": _run_choices(path.parent)}
@@ -99,36 +103,43 @@ def _run_choices(run_dir: Path) -> dict:
 
 def run(cfg: DictConfig) -> float | None:
     """The task function: ``cfg`` composed from ``conf/sample.yaml``."""
+    return report_usage_errors("sample", _run, cfg)
+
+
+def _run(cfg: DictConfig) -> float | None:
     out = output_dir()
     with JobRecord("sample", out) as record:
-        start = time.perf_counter()
-        device = resolve_device(cfg.device)
-        check_guidance_values(cfg.guidance)  # a negative scale stops here, before any work
-        sampler = instantiate(cfg.sampler, _convert_="all")
-        model = None
-        if cfg.checkpoint is None:
-            sde = instantiate(cfg.sde, _convert_="all")
-            data = instantiate(cfg.data, _convert_="all")
-            if not isinstance(data, MixtureDataset):
-                choice = record["choices"].get("data", type(data).__name__)
-                raise ValueError(f"checkpoint=null samples the exact score of a Gaussian mixture, but data={choice} "
-                                 "has no closed-form score: choose data=eight_gaussians, grid_gaussians, "
-                                 "ncsn_two_modes or anisotropic_mixture, or pass checkpoint=/path/to/last.pt")
-            score_fn = data.score_fn(sde)
-            record["score"] = "exact"
-        else:
-            model, sde, data, info = _trained_model(cfg, device)
-            score_fn = model.score_fn
-            record["score"] = "checkpoint"
-            record["checkpoint"] = info
-            for group in ("data", "sde", "model"):  # report what was actually used
-                if group not in _explicit_groups() and group in info["run_choices"]:
-                    record["choices"][group] = info["run_choices"][group]
-        record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler))
-        guided, labels, record["guidance"] = build_guidance(
-            cfg.guidance, score_fn=score_fn, model=model, data=data, sde=sde, n=cfg.num_samples,
-            exact=cfg.checkpoint is None, generator=make_generator(cfg.seed, GUIDANCE, device), device=device)
-        record["time"]["build_s"] = time.perf_counter() - start
+        with user_errors("sample"):  # every config value is checked here: one line naming the key
+            start_job("sample", out)
+            start = time.perf_counter()
+            validate_app_config(cfg)
+            device = resolve_device(cfg.device)
+            check_guidance_values(cfg.guidance)  # a negative scale stops here, before any work
+            sampler = instantiate(cfg.sampler, _convert_="all")
+            model = None
+            if cfg.checkpoint is None:
+                sde = instantiate(cfg.sde, _convert_="all")
+                data = instantiate(cfg.data, _convert_="all")
+                if not isinstance(data, MixtureDataset):
+                    choice = record["choices"].get("data", type(data).__name__)
+                    raise ValueError(f"checkpoint=null samples the exact score of a Gaussian mixture, but data={choice} "
+                                     "has no closed-form score: choose data=eight_gaussians, grid_gaussians, "
+                                     "ncsn_two_modes or anisotropic_mixture, or pass checkpoint=/path/to/last.pt")
+                score_fn = data.score_fn(sde)
+                record["score"] = "exact"
+            else:
+                model, sde, data, info = _trained_model(cfg, device)
+                score_fn = model.score_fn
+                record["score"] = "checkpoint"
+                record["checkpoint"] = info
+                for group in ("data", "sde", "model"):  # report what was actually used
+                    if group not in _explicit_groups() and group in info["run_choices"]:
+                        record["choices"][group] = info["run_choices"][group]
+            record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler))
+            guided, labels, record["guidance"] = build_guidance(
+                cfg.guidance, score_fn=score_fn, model=model, data=data, sde=sde, n=cfg.num_samples,
+                exact=cfg.checkpoint is None, generator=make_generator(cfg.seed, GUIDANCE, device), device=device)
+            record["time"]["build_s"] = time.perf_counter() - start
         headline = sample_and_evaluate(record, guided, sde, data, sampler, cfg, device, out, labels=labels)
         evaluate_likelihood(record, score_fn, sde, data, cfg, device)
         return headline
@@ -137,6 +148,7 @@ def run(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point ``scoresde-sample``."""
     register_schemas()
+    check_run_directory("sample")
     hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run)()
 
 

@@ -38,7 +38,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .. import datasets, likelihood, nets, samplers, sdes, toy, training
+from .. import datafiles, datasets, images, likelihood, losses, precond, recipes, unet, nets, samplers, sdes, toy, training
 
 __all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig",
            "NoGuidance", "CFGGuidance", "ClassifierGuidanceConfig", "ExactGuidance", "PFODELikelihood"]
@@ -108,20 +108,25 @@ def schema_for(obj: Any, *, partial: bool = False, exclude: tuple[str, ...] = ()
 
 
 SCHEMAS: tuple[tuple[str, Any, dict], ...] = (
-    *(("sampler", c, {}) for c in (
-        samplers.Langevin, samplers.AnnealedLangevin, samplers.ReverseSDE, samplers.PredictorCorrector,
-        samplers.ProbabilityFlowODE, samplers.DDPM, samplers.DDIM)),
-    *(("predictor", c, {}) for c in (
-        samplers.EulerMaruyamaPredictor, samplers.ReverseDiffusionPredictor, samplers.AncestralPredictor,
-        samplers.DDIMPredictor)),
-    *(("corrector", c, {}) for c in (samplers.LangevinCorrector, samplers.AnnealedLangevinCorrector)),
+    # derived from the package's exports (one source): a new sampler needs no edit here
+    *(("sampler", c, {}) for c in samplers.sampler_classes()),
+    *(("predictor", c, {}) for c in samplers.predictor_classes()),
+    *(("corrector", c, {}) for c in samplers.corrector_classes()),
     *(("sde", c, {}) for c in (sdes.VESDE, sdes.VPSDE, sdes.SubVPSDE, sdes.DiscreteVPSDE.linear)),
     *(("data", c, {}) for c in (
         datasets.MixtureDataset, datasets.SwissRoll, datasets.TwoMoons, datasets.Circles, datasets.Pinwheel,
-        datasets.TwoSpirals, datasets.Checkerboard)),
+        datasets.TwoSpirals, datasets.Checkerboard, datafiles.FileDataset, images.Shapes)),
     *(("mixture", toy.TARGETS[name], {}) for name in toy.TARGETS),
     ("model", nets.ScoreMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
+    ("model", precond.Preconditioned, {"partial": True, "exclude": _RUNTIME_ARGS}),
+    *(("backbone", c, {"partial": True, "exclude": ("event_shape", "generator", "num_classes")})
+      for c in (nets.MLPBackbone, unet.UNet)),
     ("train", training.TrainConfig, {}),
+    # issue 11's training recipe: conf/optim, conf/scheduler, conf/loss, conf/time
+    *(("optim", c, {}) for c in (recipes.Adam, recipes.AdamW)),
+    *(("scheduler", c, {}) for c in (recipes.ConstantLR, recipes.WarmupCosine)),
+    *(("time", c, {}) for c in (recipes.UniformTime, recipes.LogNormalSigma, recipes.ImportanceTime)),
+    ("loss", losses.DSMLoss, {"partial": True, "exclude": ("sde", "time_sampler")}),
 )
 """(schema group, class or factory, options of ``schema_for``): everything ``conf/`` instantiates."""
 
@@ -200,12 +205,23 @@ PFODELikelihood.__doc__ = ("``likelihood=pf_ode``: ``scoresde.likelihood.Probabi
 # -- the apps' root configs ----------------------------------------------------------------------
 @dataclass
 class EvalConfig:
-    """Sample-quality evaluation (``scoresde.metrics.evaluate``) and plots."""
+    """Sample-quality evaluation (``scoresde.apps.evaluation``: ``scoresde.floors.assess``) and plots."""
 
-    metrics: Optional[List[str]] = None  # None: evaluate's defaults for the target
-    repeats: int = 5  # i.i.d. repeats for each metric's noise floor
+    metrics: Optional[List[str]] = None  # None: every sharp metric that applies (floors.MEANINGS)
+    seed: int = 0  # the yardstick's seed (reference sample, thresholds, floors), shared by a sweep's jobs
+    c2st_steps: int = 100  # full-batch Adam steps of the C2ST classifier
+    repeats: int = 20  # i.i.d. repeats for the floor bands of the older distances (sliced_w2, mmd, ...)
     num_projections: int = 256  # directions of the sliced Wasserstein distances
     plot_points: int = 2000  # at most this many points per scatter plot
+
+
+@dataclass
+class PlotConfig:
+    """Extra figures of ``scoresde-train`` (issue 11)."""
+
+    animation: bool = False  # GIF of the reverse process (2-D data only): animation.gif in the run directory
+    animation_points: int = 1000  # particles in the animation
+    animation_frames: int = 60  # at most this many frames
 
 
 @dataclass
@@ -229,6 +245,12 @@ class TrainAppConfig(_AppConfig):
     train: Any = MISSING
     resume: bool = False  # continue from <output dir>/last.pt (with hydra.run.dir=<that dir>)
     conditional: bool = False  # true: model.num_classes = the data set's number of labels (label dropout: train.label_dropout)
+    loss: Any = None  # conf/loss: a DSMLoss partial (None: DSMLoss(sde))
+    time: Any = None  # conf/time: the loss's time sampler (None: uniform t)
+    optim: Any = None  # conf/optim: an optimiser factory (None: train.optimizer / train.lr / ...)
+    scheduler: Any = None  # conf/scheduler: a learning-rate schedule (None: train.warmup_steps)
+    experiment: Any = None  # conf/experiment: the chosen experiment's own notes (its overrides act on the root)
+    plot: PlotConfig = field(default_factory=PlotConfig)
 
 
 @dataclass

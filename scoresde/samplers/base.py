@@ -1,32 +1,69 @@
-"""What every sampler shares: the call contract, input checks, NFE counting and the final denoise.
+"""What every sampler shares: the call contract, input checks, NFE counting, the grid loop and the final denoise.
 
 Every sampler is a frozen dataclass holding only hyperparameters; the problem is passed in the call::
 
     x = sampler.sample(score_fn, sde, (n, 2), generator=torch.Generator().manual_seed(0))
     result = sampler.run(score_fn, sde, (n, 2), generator=g)   # result.x, result.nfe
+    result = sampler.run(score_fn, sde, (n, 2), ts=scoresde.grids.karras(sde, 20))  # explicit grid
+    result = sampler.run(score_fn, sde, (n, 2), seeds=range(n))  # per-sample noise streams
 
-Grid convention (shared by all fixed-step samplers): ``ts = sde.timesteps(num_steps)`` holds
-``num_steps`` decreasing times from T to t_min.  The score is evaluated once at every grid time;
-step i goes from ts[i] to ts[i+1], and the step out of the last grid time goes to clean data
-(sigma = 0) by Tweedie's formula x_0 = (x + sigma^2 s) / alpha.  That final step is exactly the
-last step of DDPM (x_1 -> x_0, no noise), of DDIM and of SMLD's ancestral sampler, and the
+Grid convention (shared by all fixed-step samplers, ``FixedGridSampler``): the grid ``ts`` holds
+N decreasing times from (about) T to t_min, built by ``sampler.grid`` (``scoresde.grids``; "uniform"
+= ``sde.timesteps(num_steps)``, the default of the samplers that predate grids) or passed as
+``run(..., ts=...)``.  Step i goes from ts[i] to ts[i+1] (``step``), and the step out of the last grid
+time goes to clean data (sigma = 0) (``final_step``, by default Tweedie's formula
+x_0 = (x + sigma^2 s) / alpha).  That final step is exactly the last step of DDPM (x_1 -> x_0, no
+noise), of DDIM, of SMLD's ancestral sampler and of EDM (its Euler step to sigma = 0), and the
 "denoise" of NCSN/score_sde for the others; it is explicit here (``denoise=True``), not an implicit
-trailing zero.  With ``denoise=False`` the run stops at t_min and returns a sample of p_{t_min}
-(one score evaluation fewer).
+trailing zero as in k-diffusion.  With ``denoise=False`` the run stops at ts[-1] and returns a sample
+of p_{ts[-1]} (one score evaluation fewer).  The loop (``FixedGridSampler._sample``) is written once:
+grid, per-sample time tensors, callbacks, progress bar, final denoise and NFE; a method owns only
+its update (``step``, which may evaluate the score several times and keep history in ``ctx.state``).
+
+Checks of the score (``CountedScore``): every call's output must have the input's shape, dtype and
+device (checked on the host, no sync); the first call's output must be finite (one sync); later
+non-finite outputs are recorded on the device without a sync and raised (``NonFiniteScoreError``,
+naming the step and t where they first appeared) at the end of the run and before each callback.
+
+Batch independence: with ``seeds`` (one noise stream per sample, as EDM's ``StackedRandomGenerator``)
+sample i is the same whatever the batch it is drawn in, for every sampler whose steps act on each
+sample separately: all fixed-step samplers, ``Langevin``, ``AnnealedLangevin``, and the Langevin
+correctors except ``norm="batch"``.  Not batch-independent: ``LangevinCorrector(norm="batch")``
+(couples the step sizes) and the adaptive scipy ODE (one step size for the whole batch).
+Up to float round-off: a batched matmul may sum in another order for another batch size.
 """
 from __future__ import annotations
 
 import abc
+import bisect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from .._checks import append_dims, check_generator, check_shape
+from .._checks import append_dims, check_generator, check_in, check_int, check_shape, trusted_times
+from ..grids import GRID_NAMES, check_ts, resolve_grid
 from ..sdes import SDE, ScoreFn
 
-__all__ = ["Sampler", "SampleResult", "StepInfo", "CountedScore", "tweedie_denoise", "progress_bar"]
+__all__ = [
+    "Sampler", "FixedGridSampler", "StepContext", "SampleResult", "StepInfo", "CountedScore",
+    "NonFiniteScoreError", "PerSampleGenerator", "tweedie_denoise", "progress_bar", "MAX_STEPS", "check_steps",
+]
+
+MAX_STEPS = 10**6
+"""Ceiling on any step count: a grid of 10^6 times is already 10^6 score evaluations."""
+
+
+def check_steps(name: str, value) -> int:
+    """A step count: an int in [1, ``MAX_STEPS``] (an error naming ``name`` otherwise)."""
+    check_int(name, value)
+    if value > MAX_STEPS:
+        raise ValueError(
+            f"`{name}` must be <= {MAX_STEPS} (each step is at least one score evaluation on the whole batch), "
+            f"got {value}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -52,27 +89,86 @@ class SampleResult:
     nfe: int
 
 
-class CountedScore:
-    """Wraps a score function: counts evaluations and checks the first output once.
+class NonFiniteScoreError(FloatingPointError, ValueError):
+    """The score returned non-finite values (a ``ValueError`` too, for the first-call check)."""
 
-    The first call checks that the output has the shape of ``x`` and is finite, raising a
-    ``ValueError`` that names ``score_fn``; later calls are not checked (no host syncs in the loop).
+
+class CountedScore:
+    """Wraps a score function: counts evaluations and checks every output (see the module docstring).
+
+    ``step`` is set by the loop to the current step, so that a non-finite output found later can be
+    reported with the step and the time t where it first appeared.
     """
 
     def __init__(self, score_fn: ScoreFn):
         self.score_fn = score_fn
         self.nfe = 0
+        self.step = 0
+        self._step_starts: list[tuple[int, int]] = []  # (first call index, step), one entry per step
+        self._first_bad: torch.Tensor | None = None  # call index of the first non-finite output, -1: none
+        self._first_bad_t: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.score_fn(x, t)
+        call = self.nfe
         self.nfe += 1
-        if self.nfe == 1:
-            if not torch.is_tensor(out) or out.shape != x.shape:
-                got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-                raise ValueError(f"`score_fn` must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
-            if not bool(torch.isfinite(out).all()):
-                raise ValueError(f"`score_fn` returned non-finite values at t = {float(t[0]):.6g}")
+        if not torch.is_tensor(out) or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            got = f"{tuple(out.shape)}, {out.dtype}, {out.device}" if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(
+                f"`score_fn` must return a tensor of the input's shape, dtype and device "
+                f"{tuple(x.shape)}, {x.dtype}, {x.device}, got {got} (evaluation {call + 1}, step {self.step})"
+            )
+        finite = torch.isfinite(out).all()
+        if call == 0:
+            if not bool(finite):
+                raise NonFiniteScoreError(f"`score_fn` returned non-finite values at t = {float(t[0]):.6g}")
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=out.device)
+            self._first_bad_t = torch.zeros((), dtype=torch.float64, device=out.device)
+            return out
+        if not self._step_starts or self._step_starts[-1][1] != self.step:
+            self._step_starts.append((call, self.step))
+        new = (~finite) & (self._first_bad < 0)
+        self._first_bad = torch.where(new, call, self._first_bad)
+        self._first_bad_t = torch.where(new, t[0].to(torch.float64), self._first_bad_t)
         return out
+
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteScoreError`` if any output so far was non-finite (one host sync)."""
+        if self._first_bad is None:
+            return
+        call = int(self._first_bad)
+        if call < 0:
+            return
+        k = bisect.bisect_right([c for c, _ in self._step_starts], call) - 1
+        step = self._step_starts[k][1] if k >= 0 else 0
+        raise NonFiniteScoreError(
+            f"`score_fn` returned non-finite values first at step {step}, t = {float(self._first_bad_t):.6g} "
+            f"(evaluation {call + 1} of {self.nfe}); check the score there (or the step sizes)"
+        )
+
+
+class PerSampleGenerator:
+    """One ``torch.Generator`` per sample (``run(..., seeds=...)``): row i of every draw comes from seed i.
+
+    Pass-through wherever a generator is expected by the samplers' noise helper (``randn_like``).
+    """
+
+    def __init__(self, seeds: Iterable[int], device: torch.device):
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"`seeds` has {len(self.generators)} entries but the batch has {shape[0]} samples")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in self.generators])
+
+
+def randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise of ``x``'s shape, dtype and device from ``generator`` (or per-sample streams)."""
+    if isinstance(generator, PerSampleGenerator):
+        return generator.randn(tuple(x.shape), x.dtype, x.device)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def tweedie_denoise(score: torch.Tensor, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -110,6 +206,8 @@ class Sampler(abc.ABC):
         progress: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        ts: Any = None,
+        seeds: Iterable[int] | None = None,
     ) -> SampleResult:
         """Sample and report the number of score evaluations.
 
@@ -119,12 +217,17 @@ class Sampler(abc.ABC):
             sde: the forward SDE (``scoresde.sdes``) whose reverse process is simulated.
             shape: ``(B, *D)``; may be omitted when ``x_init`` is given.
             generator: source of all randomness (a fresh OS-seeded one when None).
-            x_init: starting point at t = T ``[B, *D]`` instead of a prior draw (e.g. a draw from the
+            x_init: starting point at t = ts[0] ``[B, *D]`` instead of a prior draw (e.g. a draw from the
                 exact p_T to remove the prior mismatch).  Not modified.
             callback: called with a ``StepInfo`` after every step.
             progress: show a tqdm progress bar.
             device, dtype: of the samples; default: ``x_init``'s, else the generator's device and
                 torch's default dtype.  Use float64 for step-by-step comparisons.
+            ts: explicit decreasing time grid (fixed-step samplers only), 1-D, length >= 2, inside
+                [t_min, T]; overrides ``sampler.grid`` and ``num_steps`` (then N = len(ts)).
+            seeds: one integer seed per sample (length B), instead of ``generator``: sample i (prior
+                draw and all its noise) depends on seeds[i] only, whatever the batch size
+                (batch-independent samplers, module docstring).
         """
         if not isinstance(sde, SDE):
             raise TypeError(f"`sde` must be a scoresde.sdes.SDE, got {type(sde).__name__}")
@@ -132,34 +235,57 @@ class Sampler(abc.ABC):
             raise TypeError(f"`score_fn` must be callable as score(x, t), got {type(score_fn).__name__}")
         if callback is not None and not callable(callback):
             raise TypeError(f"`callback` must be callable or None, got {type(callback).__name__}")
+        if ts is not None:
+            if not isinstance(self, FixedGridSampler) or not self.uses_grid:
+                raise ValueError(f"`ts` is accepted by fixed-step samplers only, not by {self!r}")
+            ts = check_ts(ts, sde)
         if x_init is not None:
             if not torch.is_tensor(x_init):
                 raise TypeError(f"`x_init` must be a tensor, got {type(x_init).__name__}")
             if shape is not None and tuple(x_init.shape) != check_shape("shape", shape):
                 raise ValueError(f"`x_init` has shape {tuple(x_init.shape)} but `shape` is {tuple(shape)}")
             check_shape("x_init.shape", tuple(x_init.shape))
+            if not x_init.dtype.is_floating_point:
+                raise ValueError(f"`x_init` must have a floating-point dtype, got {x_init.dtype}")
             if not bool(torch.isfinite(x_init).all()):
                 raise ValueError("`x_init` must be finite")
             device = x_init.device if device is None else torch.device(device)
             dtype = x_init.dtype if dtype is None else dtype
+            shape = tuple(x_init.shape)
         elif shape is None:
             raise ValueError("give `shape` = (B, *D) or `x_init`")
         else:
             shape = check_shape("shape", shape)
+        if seeds is not None:
+            if generator is not None:
+                raise ValueError("give either `generator` or `seeds`, not both")
+            seeds = _check_seeds(seeds, shape[0])
         if device is None:
             device = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
         dtype = torch.get_default_dtype() if dtype is None else dtype
-        if not dtype.is_floating_point:
-            raise ValueError(f"`dtype` must be a floating-point dtype, got {dtype}")
-        generator = check_generator(generator, device)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"`dtype` must be a floating-point torch.dtype, got {dtype!r}")
+        if seeds is not None:
+            generator = PerSampleGenerator(seeds, torch.device(device))
+        else:
+            generator = check_generator(generator, device)
+        if isinstance(self, FixedGridSampler) and self.uses_grid and ts is None:
+            ts = self.make_grid(sde)  # before any work: a bad grid/num_steps raises here
         if x_init is not None:
             x = x_init.detach().to(device=device, dtype=dtype).clone()
+        elif isinstance(generator, PerSampleGenerator):
+            x = sde.prior_std * generator.randn(shape, dtype, torch.device(device))
         else:
             x = sde.prior_sample(shape, generator, device=device, dtype=dtype)
         counted = CountedScore(score_fn)
-        with torch.no_grad():
-            x = self._run(counted, sde, x, generator, callback, progress)
+        # the grid and the times derived from it are checked once above: no per-call time checks inside
+        with torch.no_grad(), trusted_times():
+            x = self._sample(counted, sde, x, generator, callback, progress, ts)
+        counted.check_finite()
         return SampleResult(x, counted.nfe)
+
+    def _sample(self, score_fn, sde, x, generator, callback, progress, ts):
+        return self._run(score_fn, sde, x, generator, callback, progress)
 
     @abc.abstractmethod
     def _run(
@@ -169,9 +295,145 @@ class Sampler(abc.ABC):
         """The sampling loop on an initial ``x`` at t = T (inputs already checked)."""
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal noise of ``x``'s shape, dtype and device from ``generator``."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _check_seeds(seeds, batch: int) -> list[int]:
+    try:
+        seeds = list(seeds)
+    except TypeError as e:
+        raise TypeError(f"`seeds` must be a sequence of integers (e.g. range(B)), got {seeds!r}") from e
+    if len(seeds) != batch:
+        raise ValueError(f"`seeds` must have one entry per sample (B = {batch}), got {len(seeds)}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) and not (torch.is_tensor(s) and s.ndim == 0):
+            raise TypeError(f"`seeds` entries must be integers, got {s!r}")
+        if not 0 <= int(s) < 2**63:
+            raise ValueError(f"`seeds` entries must lie in [0, 2^63), got {int(s)}")
+    return [int(s) for s in seeds]
+
+
+# -- the fixed-grid loop -----------------------------------------------------------------------------
+
+class StepContext:
+    """What a step sees, built once per run by the loop (``FixedGridSampler._sample``).
+
+    ``ts`` is the grid (float64 CPU ``[N]``); per-grid-time alpha, sigma, sigma_ve = sigma/alpha and
+    lambda = log(alpha/sigma) are python floats computed once in float64; ``t(i, x)`` is ts[i] as a
+    ``[B]`` time tensor in x's dtype and device (cached); ``state`` is per-run scratch for multistep history.
+    """
+
+    def __init__(self, score_fn: CountedScore, sde: SDE, ts: torch.Tensor, generator):
+        self.score_fn, self.sde, self.ts, self.generator = score_fn, sde, ts, generator
+        self.state: dict = {}
+        self.num_steps = len(ts)
+        self._ts = ts.tolist()
+        log_alpha = sde.log_alpha(ts)
+        self._alpha = log_alpha.exp().tolist()
+        self._sigma = sde.sigma(ts).tolist()
+        self._t_cache: dict = {}
+
+    def t(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """ts[i] as a ``[B]`` time tensor in ``x``'s dtype and device (cached)."""
+        key = (i, x.shape[0], x.dtype, x.device)
+        tb = self._t_cache.get(key)
+        if tb is None:
+            tb = self._t_cache[key] = torch.full((x.shape[0],), self._ts[i], device=x.device, dtype=x.dtype)
+        return tb
+
+    def score(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """s(x, ts[i]) (1 NFE)."""
+        return self.score_fn(x, self.t(i, x))
+
+    def score_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """s(x, t) at an arbitrary ``[B]`` time (1 NFE)."""
+        return self.score_fn(x, t)
+
+    def denoised(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Tweedie's D = (x + sigma_i^2 s(x, ts[i])) / alpha_i in VP coordinates (1 NFE)."""
+        return (x + self._sigma[i] ** 2 * self.score(x, i)) / self._alpha[i]
+
+    def alpha(self, i: int) -> float:
+        return self._alpha[i]
+
+    def sigma(self, i: int) -> float:
+        return self._sigma[i]
+
+    def sigma_ve(self, i: int) -> float:
+        """sigma/alpha at ts[i] (EDM's / k-diffusion's sigma)."""
+        return self._sigma[i] / self._alpha[i]
+
+    def lambda_(self, i: int) -> float:
+        """log(alpha/sigma) at ts[i] (half the log-SNR)."""
+        return math.log(self._alpha[i]) - math.log(self._sigma[i])
+
+    def time(self, i: int) -> float:
+        """ts[i] as a python float."""
+        return self._ts[i]
+
+    def noise(self, x: torch.Tensor) -> torch.Tensor:
+        """z ~ N(0, I) like ``x`` from the generator (or the per-sample streams)."""
+        return randn_like(x, self.generator)
+
+
+def _check_grid(grid) -> None:
+    if isinstance(grid, str):
+        check_in("grid", grid, tuple(GRID_NAMES))
+    elif not callable(grid):
+        raise TypeError(f"`grid` must be one of {list(GRID_NAMES)} or a grid object from scoresde.grids, got {grid!r}")
+
+
+class FixedGridSampler(Sampler):
+    """A sampler that walks a time grid; subclasses are frozen dataclasses with fields
+    ``num_steps: int``, ``grid: str | Grid`` and ``denoise: bool`` and define ``step`` (and optionally
+    ``final_step``).  See the module docstring for the loop."""
+
+    #: False for a subclass configured not to use the grid (``ProbabilityFlowODE`` with scipy).
+    uses_grid = True
+
+    def check_grid_fields(self) -> None:
+        """Validate ``num_steps``, ``grid`` and ``denoise`` (call from ``__post_init__``)."""
+        check_steps("num_steps", self.num_steps)
+        _check_grid(self.grid)
+        if not isinstance(self.denoise, bool):
+            raise TypeError(f"`denoise` must be a bool, got {self.denoise!r}")
+
+    def make_grid(self, sde: SDE) -> torch.Tensor:
+        """The grid of ``num_steps`` times from ``self.grid`` (float64 CPU)."""
+        return resolve_grid(self.grid)(sde, self.num_steps).to(torch.float64).cpu()
+
+    @abc.abstractmethod
+    def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance x (VP coordinates) from ts[i] to ts[i+1], for i = 0 .. N-2; return (x, x_mean)."""
+
+    def final_step(self, ctx: StepContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Out of the last grid time to sigma = 0: Tweedie x0 = D(x, ts[N-1]) (1 NFE)."""
+        x0 = ctx.denoised(x, ctx.num_steps - 1)
+        return x0, x0
+
+    def finish(self, ctx: StepContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What follows the last grid step: ``final_step`` when ``denoise``, else nothing (None)."""
+        return self.final_step(ctx, x) if self.denoise else None
+
+    def _run(self, score_fn, sde, x, generator, callback, progress):
+        return self._sample(score_fn, sde, x, generator, callback, progress, None)
+
+    def _sample(self, score_fn, sde, x, generator, callback, progress, ts):
+        if ts is None:
+            ts = self.make_grid(sde)
+        ctx = StepContext(score_fn, sde, ts, generator)
+        n = ctx.num_steps
+        for i in progress_bar(range(n - 1), progress, type(self).__name__):
+            score_fn.step = i
+            x, x_mean = self.step(ctx, x, i)
+            if callback is not None:
+                score_fn.check_finite()
+                callback(StepInfo(i, n, ctx.time(i), ctx.time(i + 1), x, x_mean))
+        score_fn.step = n - 1
+        out = self.finish(ctx, x)
+        if out is not None:
+            x, x_mean = out
+            if callback is not None:
+                score_fn.check_finite()
+                callback(StepInfo(n - 1, n, ctx.time(n - 1), 0.0, x, x_mean))
+        return x
 
 
 def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

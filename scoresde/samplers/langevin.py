@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from .._checks import check_int, check_positive
-from .base import Sampler, StepInfo, batch_time, progress_bar, randn_like, tweedie_denoise
+from .._checks import check_positive
+from .base import MAX_STEPS, Sampler, check_steps, StepInfo, batch_time, progress_bar, randn_like, tweedie_denoise
 
 __all__ = ["Langevin", "AnnealedLangevin"]
 
@@ -37,7 +37,7 @@ class Langevin(Sampler):
 
     def __post_init__(self):
         check_positive("step_size", self.step_size)
-        check_int("num_steps", self.num_steps)
+        check_steps("num_steps", self.num_steps)
         if self.t is not None and not isinstance(self.t, (int, float)):
             raise TypeError(f"`t` must be a number or None, got {self.t!r}")
 
@@ -85,8 +85,12 @@ class AnnealedLangevin(Sampler):
         if self.step_size is not None:
             check_positive("step_size", self.step_size)
         check_positive("step_ratio", self.step_ratio)
-        check_int("num_levels", self.num_levels)
-        check_int("steps_per_level", self.steps_per_level)
+        check_steps("num_levels", self.num_levels)
+        check_steps("steps_per_level", self.steps_per_level)
+        if self.num_levels * self.steps_per_level > MAX_STEPS:
+            raise ValueError(
+                f"`num_levels` * `steps_per_level` = {self.num_levels * self.steps_per_level} must be <= {MAX_STEPS}"
+            )
         if not isinstance(self.denoise, bool):
             raise TypeError(f"`denoise` must be a bool, got {self.denoise!r}")
 

@@ -1,16 +1,17 @@
 """Fixed-grid samplers built from a predictor and a corrector (Song et al. 2021, Alg. 1 and App. G).
 
-One loop serves them all (``grid_loop``).  On the grid ``ts = sde.timesteps(num_steps)`` (T -> t_min):
+All are ``FixedGridSampler``s: the loop (grid, callbacks, final denoise, NFE) is in ``base``.  On
+the grid ``ts`` (``grid``, default "uniform" = ``sde.timesteps(num_steps)``, T -> t_min), step i:
 
-    for i, t in enumerate(ts):
-        order "corrector_first" (score_sde, its issue #50): corrector_steps corrector steps at t,
-            then the predictor to ts[i+1];
-        order "predictor_first": the predictor to ts[i+1], then corrector_steps corrector steps there;
-    the predictor's step out of the last grid time is the final denoise (``base`` module docstring).
+    order "corrector_first" (score_sde, its issue #50): corrector_steps corrector steps at ts[i],
+        then the predictor to ts[i+1];
+    order "predictor_first": the predictor to ts[i+1], then corrector_steps corrector steps there;
+    after the last grid time (corrector-first: after its corrector steps) the final Tweedie denoise
+    (``base`` module docstring).
 
-NFE = num_steps predictor evaluations + corrector_steps per corrected grid time (num_steps for
-corrector-first, num_steps - 1 for predictor-first), + 1 for the final denoise when there is no
-predictor.  ``ReverseSDE``, ``DDPM`` and ``DDIM`` are this loop with no corrector.
+NFE = num_steps predictor evaluations (the last one is the denoise) + corrector_steps per corrected
+grid time (num_steps for corrector-first, num_steps - 1 for predictor-first), + 1 for the final
+denoise when there is no predictor.  ``ReverseSDE``, ``DDPM`` and ``DDIM`` are this loop with no corrector.
 """
 from __future__ import annotations
 
@@ -19,72 +20,43 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_in, check_int
-from ..sdes import SDE
-from .base import Callback, CountedScore, Sampler, StepInfo, batch_time, progress_bar, tweedie_denoise
+from ..grids import Grid
+from .base import FixedGridSampler, StepContext, batch_time, tweedie_denoise
 from .correctors import AnnealedLangevinCorrector, Corrector
 from .predictors import AncestralPredictor, DDIMPredictor, EulerMaruyamaPredictor, Predictor, ReverseDiffusionPredictor
 
-__all__ = ["PredictorCorrector", "ReverseSDE", "DDPM", "DDIM", "grid_loop"]
+__all__ = ["PredictorCorrector", "ReverseSDE", "DDPM", "DDIM", "predict", "correct"]
 
 
-def grid_loop(
-    score_fn: CountedScore,
-    sde: SDE,
-    x: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    num_steps: int,
-    predictor: Predictor | None,
-    corrector: Corrector | None = None,
-    corrector_steps: int = 0,
-    order: str = "corrector_first",
-    denoise: bool = True,
-    callback: Callback | None = None,
-    progress: bool = False,
-    desc: str = "sampling",
-) -> torch.Tensor:
-    """Run predictor (and corrector) steps over ``sde.timesteps(num_steps)``; see the module docstring."""
-    ts = sde.timesteps(num_steps).tolist()
-    ts_next = ts[1:] + [0.0]  # the step out of the last grid time goes to clean data
-    x_mean = x
+def predict(predictor: Predictor | None, ctx: StepContext, x: torch.Tensor, i: int):
+    """One predictor step from ts[i] to ts[i+1] with the score at (x, ts[i]); (x, x) without a predictor."""
+    if predictor is None:
+        return x, x
+    return predictor.step(x, ctx.score(x, i), ctx.sde, ctx.t(i, x), ctx.t(i + 1, x), ctx.generator)
 
-    def correct(x, t, t_next):
-        if corrector is None or corrector_steps == 0:
-            return x
-        tb, tb_next = batch_time(t, x), batch_time(t_next, x)
-        for _ in range(corrector_steps):
-            x, _ = corrector.step(x, score_fn, sde, tb, tb_next, generator)
+
+def correct(corrector: Corrector | None, steps: int, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
+    """``steps`` corrector steps at ts[i] (the next grid time, or 0 after the last, enters the step size)."""
+    if corrector is None or steps == 0:
         return x
-
-    for i in progress_bar(range(num_steps), progress, desc):
-        t, t_next = ts[i], ts_next[i]
-        last = i == num_steps - 1
-        if order == "corrector_first":
-            x = correct(x, t, t_next)
-        if last:
-            if denoise:  # else stop at t_min: x is a sample of p_{t_min}
-                tb = batch_time(t, x)
-                x = x_mean = tweedie_denoise(score_fn(x, tb), sde, x, tb)
-        elif predictor is None:
-            x_mean = x
-        else:
-            tb = batch_time(t, x)
-            x, x_mean = predictor.step(x, score_fn(x, tb), sde, tb, batch_time(t_next, x), generator)
-        if order == "predictor_first" and not last:
-            x = correct(x, t_next, ts_next[i + 1])
-        if callback is not None:
-            callback(StepInfo(i, num_steps, t, t_next, x, x_mean))
+    tb = ctx.t(i, x)
+    tb_next = ctx.t(i + 1, x) if i + 1 < ctx.num_steps else batch_time(0.0, x)
+    for _ in range(steps):
+        x, _ = corrector.step(x, ctx.score_fn, ctx.sde, tb, tb_next, ctx.generator)
     return x
 
 
-def _check_common(num_steps: int, denoise: bool) -> None:
-    check_int("num_steps", num_steps)
-    if not isinstance(denoise, bool):
-        raise TypeError(f"`denoise` must be a bool, got {denoise!r}")
+class _TweedieFinal:
+    """Final step to sigma = 0 by Tweedie's formula with the [B] time tensor (today's arithmetic, bit for bit)."""
+
+    def final_step(self, ctx, x):
+        tb = ctx.t(ctx.num_steps - 1, x)
+        x0 = tweedie_denoise(ctx.score(x, ctx.num_steps - 1), ctx.sde, x, tb)
+        return x0, x0
 
 
 @dataclass(frozen=True)
-class PredictorCorrector(Sampler):
+class PredictorCorrector(_TweedieFinal, FixedGridSampler):
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1); ``predictor`` or ``corrector`` may be None.
 
     Defaults (reverse diffusion + ``AnnealedLangevinCorrector(snr=0.1)``, 200 steps, corrector
@@ -100,9 +72,10 @@ class PredictorCorrector(Sampler):
     corrector_steps: int = 1
     order: str = "corrector_first"
     denoise: bool = True
+    grid: str | Grid = "uniform"
 
     def __post_init__(self):
-        _check_common(self.num_steps, self.denoise)
+        self.check_grid_fields()
         check_int("corrector_steps", self.corrector_steps, minimum=0)
         check_in("order", self.order, ("corrector_first", "predictor_first"))
         if self.predictor is not None and not isinstance(self.predictor, Predictor):
@@ -112,75 +85,91 @@ class PredictorCorrector(Sampler):
         if self.predictor is None and (self.corrector is None or self.corrector_steps == 0):
             raise ValueError("`predictor` and `corrector` cannot both be None (or corrector_steps = 0)")
 
-    def _run(self, score_fn, sde, x, generator, callback, progress):
-        return grid_loop(
-            score_fn, sde, x, generator, num_steps=self.num_steps, predictor=self.predictor,
-            corrector=self.corrector, corrector_steps=self.corrector_steps, order=self.order,
-            denoise=self.denoise, callback=callback, progress=progress, desc=type(self).__name__,
-        )
+    def step(self, ctx, x, i):
+        if self.order == "corrector_first":
+            x = correct(self.corrector, self.corrector_steps, ctx, x, i)
+        x, x_mean = predict(self.predictor, ctx, x, i)
+        if self.order == "predictor_first":
+            x = correct(self.corrector, self.corrector_steps, ctx, x, i + 1)
+        return x, x_mean
+
+    def finish(self, ctx, x):
+        corrected = self.order == "corrector_first" and self.corrector is not None and self.corrector_steps > 0
+        if corrected:
+            x = correct(self.corrector, self.corrector_steps, ctx, x, ctx.num_steps - 1)
+        if self.denoise:
+            return self.final_step(ctx, x)
+        return (x, x) if corrected else None
 
 
 @dataclass(frozen=True)
-class ReverseSDE(Sampler):
-    """Reverse-time SDE with one predictor and no corrector (Euler–Maruyama by default)."""
+class ReverseSDE(_TweedieFinal, FixedGridSampler):
+    """Reverse-time SDE with one predictor and no corrector (Euler–Maruyama by default), on any grid."""
 
     predictor: Predictor = field(default_factory=EulerMaruyamaPredictor)
     num_steps: int = 500
     denoise: bool = True
+    grid: str | Grid = "uniform"
 
     def __post_init__(self):
-        _check_common(self.num_steps, self.denoise)
+        self.check_grid_fields()
         if not isinstance(self.predictor, Predictor):
             raise TypeError(f"`predictor` must be a Predictor, got {type(self.predictor).__name__}")
 
-    def _run(self, score_fn, sde, x, generator, callback, progress):
-        return grid_loop(
-            score_fn, sde, x, generator, num_steps=self.num_steps, predictor=self.predictor,
-            denoise=self.denoise, callback=callback, progress=progress, desc=type(self).__name__,
-        )
+    def step(self, ctx, x, i):
+        return predict(self.predictor, ctx, x, i)
 
 
 @dataclass(frozen=True)
-class DDPM(Sampler):
-    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), in score form.
+class DDPM(_TweedieFinal, FixedGridSampler):
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), in score form, on any grid.
 
     With eps = -sigma s, the step x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)
-    + sigma_t z is ``AncestralPredictor``'s (x + b^2 s)/a + std z.  ``variance``: "large"
-    (sigma_t^2 = beta_t) or "small" (beta-tilde).  On ``VPSDE().discrete(N)`` with num_steps = N this
-    is Algorithm 2 step for step, including the noise-free last step; with fewer steps the
-    knots are respaced evenly; on a continuous SDE the grid is uniform in t.
+    + sigma_t z is ``AncestralPredictor``'s (x + b^2 s)/a + std z with (a, b) the exact transition
+    between consecutive grid times, and the last step (to clean data) is noise-free.  ``variance``:
+    "large" (sigma_t^2 = beta_t, the default here, as score_sde's VP ancestral sampler) or "small"
+    (the posterior variance beta-tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)).
+    **diffusers' DDPMScheduler defaults to "fixed_small" (beta-tilde)**: pass variance="small" to match it.
+    On ``VPSDE().discrete(N)`` with num_steps = N this is Algorithm 2 step for step; with fewer
+    steps the default "uniform" grid respaces the knots evenly (rounded), and grid="leading" |
+    "trailing" | "linspace" visits exactly diffusers' timesteps for that ``timestep_spacing``; on a
+    continuous SDE any grid of ``scoresde.grids`` works.
     """
 
     num_steps: int = 1000
     variance: str = "large"
+    denoise: bool = True
+    grid: str | Grid = "uniform"
 
     def __post_init__(self):
-        check_int("num_steps", self.num_steps)
+        self.check_grid_fields()
         check_in("variance", self.variance, ("small", "large"))
 
-    def _run(self, score_fn, sde, x, generator, callback, progress):
-        return grid_loop(
-            score_fn, sde, x, generator, num_steps=self.num_steps,
-            predictor=AncestralPredictor(self.variance), callback=callback, progress=progress, desc="DDPM",
-        )
+    def step(self, ctx, x, i):
+        return predict(AncestralPredictor(self.variance), ctx, x, i)
 
 
 @dataclass(frozen=True)
-class DDIM(Sampler):
-    """DDIM (Song, Meng & Ermon 2021): ``DDIMPredictor`` on the grid; eta = 0 is deterministic.
+class DDIM(_TweedieFinal, FixedGridSampler):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12): ``DDIMPredictor`` on any grid; eta = 0 is deterministic.
 
-    x0_hat is not clipped (diffusers clips to [-1, 1] by default, which breaks toy data).
+    x0 = (x + sigma^2 s)/alpha, eps = -sigma s, x' = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z with
+    c = eta b sigma'/sigma (DDIM's sigma_t(eta) for VP).  eta = 0 is Euler on the probability-flow
+    ODE in EDM's variables (x/alpha against sigma/alpha), i.e. k-diffusion's ``sample_euler`` on the
+    same grid.  On ``VPSDE().discrete(N)`` with grid="leading" | "trailing" | "linspace" it visits
+    diffusers' DDIMScheduler timesteps; the final step to clean data is diffusers' last step with
+    ``set_alpha_to_one=True``.  x0_hat is not clipped (diffusers clips to [-1, 1] by default, which
+    breaks toy data).
     """
 
     num_steps: int = 50
     eta: float = 0.0
+    denoise: bool = True
+    grid: str | Grid = "uniform"
 
     def __post_init__(self):
-        check_int("num_steps", self.num_steps)
+        self.check_grid_fields()
         DDIMPredictor(self.eta)  # validates eta
 
-    def _run(self, score_fn, sde, x, generator, callback, progress):
-        return grid_loop(
-            score_fn, sde, x, generator, num_steps=self.num_steps,
-            predictor=DDIMPredictor(self.eta), callback=callback, progress=progress, desc="DDIM",
-        )
+    def step(self, ctx, x, i):
+        return predict(DDIMPredictor(self.eta), ctx, x, i)
