@@ -19,7 +19,7 @@ import torch
 from scoresde.datasets import TwoMoons
 from scoresde.floors import HEADLINE, FloorCache, assess
 from scoresde.metrics import evaluate
-from scoresde.toy import eight_gaussians, grid_gaussians
+from scoresde.toy import GaussianMixture, eight_gaussians, grid_gaussians
 
 TARGETS = {"eight_gaussians": eight_gaussians, "grid_gaussians": grid_gaussians, "two_moons": TwoMoons}
 
@@ -46,10 +46,10 @@ def main() -> None:
                  "warm_cpu_s": warm.cpu_seconds, "metrics": len(res["metrics"]),
                  "headline": res["metrics"][HEADLINE]["value"]}
         if args.legacy:
-            ref = x if not hasattr(target, "weights") else target
-            data = target.sample(4 * n, torch.Generator().manual_seed(2), dtype=torch.float64).reshape(4 * n, -1)
+            ref = target if isinstance(target, GaussianMixture) else \
+                target.sample(4 * n, torch.Generator().manual_seed(2), dtype=torch.float64).reshape(4 * n, -1)
             with Timer() as old:
-                evaluate(x, ref if hasattr(target, "weights") else data, repeats=5, generator=torch.Generator().manual_seed(3))
+                evaluate(x, ref, repeats=5, generator=torch.Generator().manual_seed(3))
             entry.update(legacy_s=old.seconds, legacy_cpu_s=old.cpu_seconds)
         payload["results"][name] = entry
         log(f"{name}: cold {cold.seconds:.2f} s ({cold.cpu_seconds:.2f} CPU s), warm {warm.seconds:.2f} s "

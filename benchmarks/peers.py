@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -88,7 +89,7 @@ def diffusers_sample(scheduler, mixture, z: torch.Tensor, num_steps: int, *, see
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
             eps = model(scheduler.scale_model_input(x, t), i)
-            kwargs = {"generator": g} if "generator" in scheduler.step.__code__.co_varnames else {}
+            kwargs = {"generator": g} if "generator" in inspect.signature(scheduler.step).parameters else {}
             x = scheduler.step(eps, t, x, **kwargs).prev_sample
     return x, model.calls
 

@@ -1,7 +1,15 @@
 """A U-Net backbone trained on the procedural shapes set, sampled with two samplers (issue 11).
 
-    python benchmarks/unet_shapes.py                 # ~4-5 min on one CPU thread
+    python benchmarks/unet_shapes.py                 # ~3-5 min on one CPU thread
+    python benchmarks/unet_shapes.py --parameterization eps --name unet_shapes_eps
     python benchmarks/unet_shapes.py --steps 50      # smoke run
+
+Measured (results/unet_shapes.png, .json): 97k parameters, 1500 steps of batch 32 in 150 s (one
+thread of a shared 2-core machine), EDM-preconditioned denoiser on VP: both samplers give clean
+discs, squares and rings.  The same run with the eps parameterisation (results/unet_shapes_eps.*,
+320 s on a busier machine) gives clean PC samples but a third of its DDIM samples stay noisy: the
+eps-network's error at small noise, which PC's Langevin corrector cleans up and DDIM's deterministic
+steps carry through.
 
 Public API only: ``scoresde.images.Shapes`` (16x16 discs, squares and rings in [-1, 1]),
 ``scoresde.unet.UNet`` wrapped in ``scoresde.precond.Preconditioned`` (VP SDE), trained with
@@ -44,7 +52,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--parameterization", default="eps")
+    ap.add_argument("--parameterization", default="denoiser")
     ap.add_argument("--num-samples", type=int, default=36)
     ap.add_argument("--name", default="unet_shapes")
     args = ap.parse_args()

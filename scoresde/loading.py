@@ -122,5 +122,5 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: torch.device | st
     model = model_from_state(state, sde, path)
     load_weights(model, path, ema=ema)
     model.to(device).eval().requires_grad_(False)
-    event_shape = tuple(getattr(model, "event_shape", model_config.get("event_shape", ())))
+    event_shape = tuple(getattr(model, "event_shape", state["model_config"].get("event_shape", ())))
     return Loaded(model, sde, model.score_fn, event_shape, state["step"], path)

@@ -23,6 +23,13 @@ metric                     definition                                          u
 The sliced floors decay like n^(-1/2) for unimodal targets but only like n^(-1/4) when well-separated
 modes dominate: the binomial fluctuation sqrt(w(1-w)/n) of a mode's mass must travel the distance D
 between modes, W2^2 ~ D^2 sqrt(w(1-w)/n).  Another reason to compare at equal n only.
+
+These distances average over the whole sample, so a few percent of misplaced mass (haze between
+modes, filaments, blur) barely moves them at n = 2000.  The sharp metrics live next door:
+``scoresde.sharp`` (density-quantile outlier rate, C2ST, k-NN precision / recall),
+``scoresde.modes`` (within-mode errors, re-exported here: ``within_mode_errors``,
+``within_mode_floor``), and ``scoresde.floors.assess``, the calibrated evaluation the apps run
+(every metric with its floor band and a verdict, headline ``outlier_z``).
 """
 from __future__ import annotations
 

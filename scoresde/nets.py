@@ -1,5 +1,12 @@
 """Noise-conditioned score networks for low-dimensional data.
 
+``MLPBackbone(event_shape)`` is the network alone, ``backbone(x_in, c_noise[, labels]) -> [B, *D]``,
+to wrap in ``scoresde.precond.Preconditioned`` (EDM's c_in / c_noise / c_skip / c_out, with the
+parameterisations score | eps | denoiser | v); ``scoresde.unet.UNet`` is the image backbone.
+``ScoreMLP`` below is the same MLP with its own built-in preconditioning (kept for its API and its
+checkpoints: identical parameter names, and with ``data_std=1`` and "eps" it computes exactly what
+``Preconditioned(MLPBackbone, "eps")`` does).
+
 ``ScoreMLP(sde, event_shape)`` is a residual SiLU MLP on flattened inputs ``[B, d]`` (``[B, *D]``
 is flattened on the way in and reshaped on the way out, so image-shaped toys work), conditioned
 on the noise level through an embedding of

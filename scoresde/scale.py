@@ -79,8 +79,9 @@ def max_pairwise_distance(x: torch.Tensor, *, max_points: int = EXACT_MAX_POINTS
     * n <= ``max_points``: exact, by blocks of the pairwise distance matrix (O(n^2 d) time,
       O(1024 n) memory).
     * n > ``max_points``: the exact diameter of a uniform subsample of ``max_points`` rows (drawn
-      with ``generator``), then ``sweeps`` farthest-point sweeps over *all* rows starting from the
-      subsample's end points (each sweep replaces one end by the row farthest from the other, O(n d)).
+      with ``generator``), then up to ``sweeps`` farthest-point sweeps over *all* rows starting from the
+      subsample's end points (each replaces one end by the row farthest from the other end, when that
+      is farther apart; O(n d) each).
       The result is the distance of an actual pair of rows, hence never above the true diameter D;
       a single sweep alone already guarantees >= D / 2, and on data sets with a few extreme points
       the sweeps find them, which a subsample would miss.  Cost O(max_points^2 d + sweeps n d).
@@ -95,12 +96,15 @@ def max_pairwise_distance(x: torch.Tensor, *, max_points: int = EXACT_MAX_POINTS
     idx = torch.randperm(n, generator=g)[:max_points]
     best, i, j = _blocked_diameter(x[idx])
     a, b = int(idx[i]), int(idx[j])
-    for _ in range(sweeps):
-        far = int(((x - x[a]) ** 2).sum(1).argmax())
-        dist = float((x[far] - x[a]).norm())
-        if dist <= best:
+    for _ in range(sweeps):  # from either end, the row farthest from it; stop when neither improves
+        for end in (a, b):
+            far = int(((x - x[end]) ** 2).sum(1).argmax())
+            dist = float((x[far] - x[end]).norm())
+            if dist > best:
+                best, a, b = dist, far, end
+                break
+        else:
             break
-        best, a, b = dist, far, a
     return best
 
 

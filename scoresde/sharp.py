@@ -135,7 +135,10 @@ def kde_log_prob(reference, bandwidth: float | None = None) -> Callable[[torch.T
         out = []
         for c in xs.split(max(1, (1 << 23) // m)):
             d2 = torch.addmm(r2[None], c, r32.T, alpha=-2).add_(c.pow(2).sum(1, keepdim=True)).clamp_min_(0)
-            out.append(torch.logsumexp(d2.mul_(-0.5), 1).double())
+            # logsumexp by hand, shifted by the nearest point (3x faster); exponents clamped at -80 so that
+            # exp never returns float32 denormals (10x slower), changing the sum by < M e^-80 relative
+            low = d2.amin(1, keepdim=True)
+            out.append((d2.sub_(low).mul_(-0.5).clamp_(min=-80).exp_().sum(1).log_() - 0.5 * low[:, 0]).double())
         return torch.cat(out) + const
 
     return log_prob

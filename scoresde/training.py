@@ -175,6 +175,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     ema_decay: float = 0.999
     label_dropout: float = 0.1  # p_uncond of classifier-free guidance (conditional models only)
+    null_label_loss: bool = True  # conditional models: add the null label's DSM loss on every batch (see train)
     checkpoint_dir: str | None = None  # None: no checkpoints
     checkpoint_every: int = 1000  # steps between checkpoints (and at the end); 0: by time / at the end only
     checkpoint_seconds: float = 300.0  # wall time between checkpoints; 0 disables the time trigger
@@ -199,6 +200,8 @@ class TrainConfig:
             check_positive("grad_clip", self.grad_clip)
         check_probability("ema_decay", self.ema_decay)
         check_probability("label_dropout", self.label_dropout)
+        if not isinstance(self.null_label_loss, bool):
+            raise TypeError(f"`null_label_loss` must be a bool, got {self.null_label_loss!r}")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
             raise TypeError(f"`checkpoint_dir` must be a path or None, got {self.checkpoint_dir!r}")
         check_int("checkpoint_every", self.checkpoint_every, minimum=0)
@@ -309,7 +312,12 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
     Args:
         model: a score model with ``score_fn(x, t, labels=None)`` and ``sde`` (e.g. ``nets.ScoreMLP``);
             a model with ``num_classes > 0`` is trained on labels, dropped to ``num_classes`` (the
-            null label) with probability ``label_dropout``.
+            null label) with probability ``label_dropout``; with ``null_label_loss`` (default) the
+            loss also holds the null label's DSM term on the whole batch (fresh t and z), so the
+            unconditional model is trained on every step, as long as an unconditional run, for a
+            second forward/backward pass.  (With label dropout alone, 0.1, the null-label samples of
+            eight Gaussians stayed far from an unconditional run's: 8.6% vs 2.3% of samples below
+            the target's 1% density quantile, covariance error 1.4 vs 0.18.)
         data: a data set with ``sample(n, generator)`` (and ``sample_with_labels``), a tensor
             ``[N, *D]``, a tuple ``(x [N, *D], labels [N])``, or an iterable of batches (a
             ``DataLoader``; each batch ``x [B, *D]`` or ``(x, labels)``, whose labels only a
@@ -444,6 +452,9 @@ def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interru
                 drop = torch.rand(labels.shape, generator=noise_gen, device=device) < config.label_dropout
                 labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
             loss = loss_fn(model.score_fn, x0, noise_gen, labels=labels).mean()
+            if num_classes and config.null_label_loss:  # the unconditional model, trained on every batch
+                null = torch.full_like(labels, num_classes)
+                loss = loss + loss_fn(model.score_fn, x0, noise_gen, labels=null).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:

@@ -1,6 +1,6 @@
 """Exact test problems shared by the tests: closed forms written independently of the library.
 
-Everything here is numpy / float64 and follows the table in ``shared/MATH.md`` directly; it
+Everything here is numpy / float64 and follows the table in ``docs/conventions.md`` directly; it
 reads only the *parameters* of an SDE object (sigma_min, beta_max, betas, ...), never its
 methods, so comparing the library against these functions is a comparison with an
 independent exact result, not with the code restating itself.
@@ -62,7 +62,7 @@ def interior_times(sde: SDE, n: int = 17) -> np.ndarray:
     return t
 
 
-# -- closed forms (shared/MATH.md) ----------------------------------------------------------------
+# -- closed forms (docs/conventions.md) ----------------------------------------------------------------
 
 
 def _int_beta(sde, t):

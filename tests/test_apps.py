@@ -61,7 +61,7 @@ def check_metrics(m: dict, app: str) -> None:
     assert {"build_s", "sample_s", "evaluate_s", "total_s"} <= set(m["time"])
     assert all(isinstance(v, float) and v >= 0 for v in m["time"].values())
     quality = m["quality"]  # scoresde.floors.assess: each metric once, with band, verdict and meaning
-    assert quality["headline"] == "outlier_rate_0.1pct" and quality["n"] == 300
+    assert quality["headline"] == "outlier_z" and quality["n"] == 300
     assert next(iter(quality["metrics"])) == quality["headline"] and "evaluation" not in m
     for q in quality["metrics"].values():
         assert set(q) == {"value", "floor_band", "floor_mean", "verdict", "meaning"} and isinstance(q["value"], float)
@@ -125,7 +125,7 @@ def test_sample_with_the_exact_score(tmp_path):
     check_metrics(m, "sample")
     assert m["score"] == "exact" and m["choices"]["sde"] == "ve"
     # the exact score and a converged ODE: as good as exact samples, up to the metric's noise
-    assert m["quality"]["metrics"]["outlier_rate_0.1pct"]["verdict"] == "at floor"
+    assert m["quality"]["metrics"]["outlier_z"]["verdict"] == "at floor"
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -142,10 +142,10 @@ def test_multirun_writes_summary_table_and_figure(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["sampler"] for r in rows] == ["ddim", "ode_heun"] and {r["status"] for r in rows} == {"ok"}
     assert [int(r["nfe"]) for r in rows] == [8, 2 * 8 - 2]
-    assert all(r["outlier_rate_0.1pct_verdict"] in ("at floor", "above floor") for r in rows)
+    assert all(r["outlier_z_verdict"] in ("at floor", "above floor") for r in rows)
     table = (tmp_path / "summary.md").read_text()
     assert "| job | status | overrides |" in table and "sampler=ode_heun" in table
-    assert "**outlier_rate_0.1pct** (headline)" in table
+    assert "**outlier_z** (headline)" in table
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -161,7 +161,7 @@ def test_failed_job_is_a_failed_row_of_scoresde_aggregate(tmp_path, capsys):
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed")]
-    assert "no closed-form score" in rows[1]["error"] and rows[1]["outlier_rate_0.1pct"] == ""
+    assert "no closed-form score" in rows[1]["error"] and rows[1]["outlier_z"] == ""
     assert "| 1 | failed |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "comparison.png").is_file()
     assert "1 of 2 jobs failed: 1" in capsys.readouterr().err

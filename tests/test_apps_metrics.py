@@ -6,17 +6,19 @@ Power (issue 9): n = 2000, fixed seeds; 2 % of an exact sample replaced by
   the smallest inter-mean distance, +1 %; two_moons: the segment between the means of its two
   moons, (-0.5, 0.387) and (0.5, -0.387), which crosses the gap between them),
 must be flagged "above floor" by the headline in >= 95 % of 40 repetitions; exact samples in <= 10 %.
-Measured (40 repetitions, seed 123; the slow test), flagged / 40:
+Measured with the headline ``outlier_z`` (40 repetitions, seed 123), flagged / 40:
 
     data              exact   box   segments
     eight_gaussians     0     40    1   <- see below
-    grid_gaussians      1     40    40
-    two_moons           0     40    40
+    grid_gaussians      3     40    40
+    two_moons           2     40    40
 
 eight_gaussians' segments are *not* detectable by any density-based metric: neighbouring means are
 2.16 apart, 6.1 sds, so the whole segment lies within 3.05 sd of a mode; the density at its
 midpoint is 1.9 % of a mode's peak, above the 1 % quantile level (and far above the 0.1 % one), and
-only 6 % of the segment lies below the 2 % level.  C2ST cannot see 2 % of any contamination
+only 6 % of the segment lies below the 2 % level.  (Filaments a sampler draws are not confined to the
+segment: DDIM with 8 steps on the exact score puts 1.9 % of its samples below the 1 % level and is
+flagged.)  C2ST cannot see 2 % of any contamination
 (accuracy <= 0.51, inside its band), nor can precision (the points lie inside the data manifold).
 The test asserts the two-sided requirement everywhere else and records this case.
 """
@@ -83,19 +85,11 @@ def cache():
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
-def test_power_fast(name, cache):
-    """8 repetitions per case: every contaminated sample flagged (>= 95 % power -> P(8/8) >= 0.66
-    per case; measured 40/40); exact samples flagged at most twice (5 % level: P(>= 3 of 8) = 0.006)."""
-    for kind in ("box", "segments"):
-        if (name, kind) not in UNDETECTABLE:
-            assert flag_rate(name, kind, 8, cache) == 1.0, (name, kind)
-    assert flag_rate(name, "none", 8, cache) <= 2 / 8
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(TARGETS))
 def test_power_40_repetitions(name, cache):
-    """The issue's criterion: >= 95 % of 40 contaminated samples flagged, <= 10 % of exact ones."""
+    """The issue's criterion: >= 95 % of 40 contaminated samples flagged, <= 10 % of exact ones.
+
+    Not marked slow: the headline alone costs ~10 ms per evaluation once the thresholds are cached
+    (all three data sets: ~5 s on one core)."""
     for kind in ("box", "segments"):
         rate = flag_rate(name, kind, 40, cache)
         if (name, kind) not in UNDETECTABLE:
@@ -106,7 +100,7 @@ def test_power_40_repetitions(name, cache):
 def test_assess_record_is_readable(cache):
     """Every metric once, with value, floor band, verdict and meaning; the headline first; JSON-ready."""
     target = eight_gaussians()
-    x = contaminate(target, 500, "none", torch.Generator().manual_seed(0))
+    x = contaminate(target, N, "none", torch.Generator().manual_seed(0))  # N: the floors cached by the power tests
     res = assess(x, target, cache=cache)
     json.dumps(res, allow_nan=False)
     assert next(iter(res["metrics"])) == HEADLINE == res["headline"]
@@ -120,9 +114,10 @@ def test_assess_is_deterministic_and_cached(tmp_path):
     """Same (target, n, seed): identical result, read back from the on-disk cache by a fresh process-like cache."""
     target = TwoMoons()
     x = target.sample(300, torch.Generator().manual_seed(1), dtype=torch.float64)
-    first = assess(x, target, cache=FloorCache(tmp_path), c2st_steps=20)
+    metrics = [HEADLINE, "outlier_rate_1pct", "knn_precision"]
+    first = assess(x, target, cache=FloorCache(tmp_path), metrics=metrics)
     assert list(tmp_path.glob("floors-*.json"))
-    second = assess(x, target, cache=FloorCache(tmp_path), c2st_steps=20)
+    second = assess(x, target, cache=FloorCache(tmp_path), metrics=metrics)
     assert {k: v for k, v in first["metrics"].items()} == second["metrics"]
     assert first["density"] == "kde"
 

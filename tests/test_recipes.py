@@ -237,3 +237,61 @@ def test_bad_recipe_values_fail_at_composition(hydra_context, override, message)
     with pytest.raises(ConfigCompositionException) as info:
         compose("train", overrides=[f"{group}={choice}", override])
     assert message in f"{info.value} {info.value.__cause__}"
+
+
+# -- conditional models: the null label is trained on every batch (issue 11 item 6) ---------------
+@pytest.mark.parametrize("null_label_loss", [True, False])
+def test_null_label_loss_trains_the_null_label_every_step(null_label_loss):
+    """label_dropout = 0: the null label's embedding row moves only through the added null-label term."""
+    model = ScoreMLP(VPSDE(), (2,), width=16, depth=1, num_classes=2, generator=gen(0))
+    before = model.label_embedding.weight.detach().clone()
+    config = TrainConfig(num_steps=2, batch_size=16, label_dropout=0.0, null_label_loss=null_label_loss)
+    train(model, TwoMoons(), config)
+    moved = ~torch.isclose(model.label_embedding.weight.detach(), before).all(1)
+    assert moved[:2].all() and bool(moved[2]) == null_label_loss
+    with pytest.raises(TypeError, match="null_label_loss"):
+        TrainConfig(null_label_loss="yes")
+
+
+@pytest.mark.slow
+def test_optuna_preset_runs_a_six_trial_study(tmp_path):
+    """hparams_search=pc_snr: 6 Optuna trials of the exact-score sampler app (needs the .[optuna] extra)."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    from scoresde.apps import sample as sample_app
+    from test_apps import run_app
+
+    run_app(sample_app, "-m", "hparams_search=pc_snr", "num_samples=300", f"hydra.sweep.dir={tmp_path}")
+    result = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert 0.01 <= result["best_params"]["sampler.corrector.snr"] <= 0.5
+    assert math.isfinite(result["best_value"])
+    assert len([d for d in tmp_path.iterdir() if d.is_dir() and d.name.isdigit()]) == 6
+
+
+# -- watching a run: CSV log and the reverse-process animation (issue 11 item 4) ------------------
+def test_animation_of_the_exact_reverse_process(tmp_path):
+    from PIL import Image
+
+    from scoresde.animation import record_trajectory, save_animation
+    from scoresde.samplers import DDIM
+    from scoresde.toy import eight_gaussians
+
+    sde, target = VPSDE(), eight_gaussians()
+    frames, times = record_trajectory(DDIM(num_steps=12), target.score_fn(sde), sde, 64, gen(0), max_frames=6)
+    assert len(frames) == 6 and all(f.shape == (64, 2) for f in frames) and times[-1] == 0.0
+    assert times == sorted(times, reverse=True)
+    path = save_animation(frames, tmp_path / "a.gif", times=times, reference=target.sample(64, gen(1)).numpy(), fps=4)
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames > 1
+
+
+def test_experiment_moons_fast_writes_csv_log_and_animation(tmp_path):
+    from scoresde.apps import train as train_app
+    from test_apps import run_app
+
+    run_app(train_app, "experiment=moons_fast", "train.num_steps=30", "train.check_every=10", "num_samples=300",
+            "plot.animation_points=50", "plot.animation_frames=4", f"hydra.run.dir={tmp_path}")
+    rows = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lr" and len(rows) == 31
+    assert (tmp_path / "animation.gif").stat().st_size > 0

@@ -75,6 +75,31 @@ def test_item1_periodic_checkpoint_by_wall_time(tmp_path):
     assert saved == [1, 2, 3, 4, 5, 6]
 
 
+def test_item1_sigint_in_the_library_writes_a_checkpoint_and_restores_the_handler(tmp_path):
+    import signal
+
+    from scoresde.training import TrainingInterrupted
+
+    before = signal.getsignal(signal.SIGINT)
+    config = TrainConfig(num_steps=50, batch_size=8, checkpoint_dir=str(tmp_path))
+    calls = {"n": 0}
+
+    def loss_fn(score_fn, x0, generator, labels=None):  # Ctrl-C arrives during step 7
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)
+        return scoresde.losses.DSMLoss(VPSDE())(score_fn, x0, generator)
+
+    with pytest.raises(TrainingInterrupted, match="SIGINT after step 7") as info:
+        train(tiny_model(), DATA, config, loss_fn=loss_fn)
+    assert info.value.step == 7 and load_checkpoint(tmp_path / "last.pt")["step"] == 7
+    assert signal.getsignal(signal.SIGINT) is before
+    resumed = train(tiny_model(seed=1), DATA, config, resume=True)  # then bit-identical to a run without Ctrl-C
+    full = train(tiny_model(), DATA, replace(config, checkpoint_dir=None))
+    assert torch.equal(resumed.losses, full.losses)
+    assert all(torch.equal(p, q) for p, q in zip(resumed.ema_model.parameters(), full.ema_model.parameters()))
+
+
 def test_item1_resume_true_with_nothing_to_resume_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         run_app(train_app, *TINY_TRAIN, *QUICK, "resume=true", f"hydra.run.dir={tmp_path / 'new'}")

@@ -18,7 +18,6 @@ import torch
 import scoresde
 from scoresde.bridges import Bridge, eps_to_score
 from scoresde.checkpoints import load_checkpoint
-from scoresde.datasets import MixtureDataset
 from scoresde.likelihood import log_likelihood
 from scoresde.losses import DSMLoss
 from scoresde.nets import ScoreMLP

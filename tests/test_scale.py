@@ -34,15 +34,15 @@ def test_diameter_image_shape_and_float32():
 
 def test_diameter_subsample_is_a_lower_bound_and_sweeps_find_extremes():
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(20_000, 2, generator=g, dtype=torch.float64)
-    exact = max_pairwise_distance(x, max_points=20_000)
-    approx = max_pairwise_distance(x, max_points=500, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(5000, 2, generator=g, dtype=torch.float64)
+    exact = max_pairwise_distance(x, max_points=5000)
+    approx = max_pairwise_distance(x, max_points=200, generator=torch.Generator().manual_seed(3))
     assert approx <= exact + 1e-12
-    assert approx >= 0.9 * exact  # Gaussian cloud: the sweeps reach the far tail
-    # two planted outliers that a 500-point subsample almost surely misses (p = 1 - (1 - 500/n)^2 ~ 5 %)
+    assert approx >= 0.5 * exact  # guaranteed: the row farthest from any row is >= D/2 away (0.9-1.0 typical here)
+    # two planted outliers that a 200-point subsample most likely misses (p = 1 - (1 - 200/n)^2 ~ 8 %)
     x[123] = torch.tensor([40.0, 0.0], dtype=torch.float64)
-    x[17_000] = torch.tensor([-40.0, 1.0], dtype=torch.float64)
-    found = max_pairwise_distance(x, max_points=500, generator=torch.Generator().manual_seed(3))
+    x[4000] = torch.tensor([-40.0, 1.0], dtype=torch.float64)
+    found = max_pairwise_distance(x, max_points=200, generator=torch.Generator().manual_seed(3))
     assert found == pytest.approx(math.hypot(80.0, 1.0), rel=1e-12)
 
 

@@ -1,7 +1,7 @@
 """Tests for ``scoresde.sdes``: every formula against an independent exact result.
 
 The closed forms live in ``tests/problems.py`` (numpy, float64, straight from the table in
-``shared/MATH.md``); the library is never compared with itself except in the consistency
+``docs/conventions.md``); the library is never compared with itself except in the consistency
 checks, which test identities that hold for any correct implementation.
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ Writes, in ``SWEEP_DIR``:
   ``precision_<c>``) and likelihood (``nll``, ``nll_stderr``, ``nll_nfe``, and for exact densities
   ``nll_exact`` and ``kl_estimate`` = nll - nll_exact with ``kl_stderr``); failed jobs have
   ``status = failed`` and the error message;
-* ``summary.md``: the same as a Markdown table, the headline (``floors.HEADLINE``, the 0.1 % outlier
-  rate) first, each metric as value and verdict, the floor bands listed once above the table;
+* ``summary.md``: the same as a Markdown table, the headline (``floors.HEADLINE``, ``outlier_z``: the
+  standardised excess of low-density samples) first, then ``above_floor`` (how many metrics are), each metric as value and verdict, the floor bands listed once;
 * ``comparison.png``: one scatter panel per job (samples over the data), titled with the job's
   overrides and its headline with verdict (red title: above floor), or the error of a failed job.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._io import atomic_write, atomic_write_with
 from . import figures
 from ..floors import HEADLINE
 
@@ -144,11 +146,12 @@ def _fmt(value: Any) -> str:
 
 def _write_csv(rows: Sequence[dict], path: Path) -> None:
     columns = _columns(rows)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    atomic_write(path, f.getvalue().encode())  # a summary rewritten after every job is never half-written
 
 
 def _metric_names(rows: Sequence[dict]) -> list[str]:
@@ -185,15 +188,16 @@ def _write_markdown(rows: Sequence[dict], path: Path, title: str) -> None:
     ok = sum(r["status"] == "ok" for r in rows)
     shared = f" Overrides of every job: `{' '.join(common)}`." if common else ""
     lines = [f"# {title}", "", f"{len(rows)} jobs, {ok} ok.{shared}", "",
-             f"Headline: `{HEADLINE}`, the fraction of samples below the 0.1 % quantile of the data's "
-             "log-density (exact samples: 0.001). Each metric reads *at floor* or **above floor** against the "
-             "5-95 % band of the same metric between exact samples of the same size (summary.csv: `_p05`, `_p95`); "
-             "`above_floor`: how many metrics are above floor (exact samples: 0.4 of 8 on average)."]
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
+    lines += ["", f"Headline: `{HEADLINE}`, the larger standardised excess (k - nq) / sqrt(nq(1-q)) of samples below "
+              "the 0.1 % and 1 % quantiles of the data's log-density (`outlier_rate_0.1pct`, `outlier_rate_1pct`: "
+              "exact samples 0.001 and 0.01). Each metric reads *at floor* or **above floor** against the "
+              "5-95 % band of the same metric between exact samples of the same size (summary.csv: `_p05`, `_p95`); "
+              "`above_floor`: how many metrics are above floor (exact samples of eight_gaussians: 0.07 of 9 on average)."]
     if bands:
         lines += ["", "Floor bands: " + ", ".join(bands) + "."]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
 
 
 def _labels(rows: Sequence[dict]) -> list[str]:
@@ -216,7 +220,7 @@ def _panel(row: dict, title: str) -> dict:
         panel["error"] = (row.get("error") or "failed").splitlines()[0]
     else:
         value, verdict = row.get(HEADLINE), row.get(f"{HEADLINE}_verdict")
-        panel["title"] = (f"{title}\noutliers {100 * value:.2f} % ({verdict}), {row.get('above_floor')} above, "
+        panel["title"] = (f"{title}\n{HEADLINE} {value:.3g} ({verdict}), {row.get('above_floor')} above, "
                           f"NFE {row.get('nfe')}" if value is not None else title)
         panel["above"] = verdict == "above floor"
     return panel
@@ -231,8 +235,8 @@ def aggregate(sweep_dir: str | Path, *, figure: bool = True) -> list[dict[str, A
     _write_csv(rows, sweep_dir / "summary.csv")
     _write_markdown(rows, sweep_dir / "summary.md", f"Sweep {sweep_dir.name}")
     if figure:
-        figures.plot_comparison([_panel(row, label) for row, label in zip(rows, _labels(rows))],
-                                sweep_dir / "comparison.png")
+        panels = [_panel(row, label) for row, label in zip(rows, _labels(rows))]
+        atomic_write_with(sweep_dir / "comparison.png", lambda f: figures.plot_comparison(panels, f))
     failed = sum(row["status"] != "ok" for row in rows)
     log.info("summarised %d jobs (%d failed) in %s", len(rows), failed, sweep_dir)
     return rows

@@ -2,7 +2,7 @@
 
 ``metrics.json`` of a job (written also when the job fails, then re-raised)::
 
-    {"status": "ok" | "failed", "error": null | "Type: message", "app": "train" | "sample",
+    {"status": "ok" | "failed" | "interrupted", "error": null | "Type: message", "app": "train" | "sample",
      "choices": {"data": ..., "sde": ..., "sampler": ..., ...},   # config-group options of the job
      "overrides": [...],                                           # the job's command-line overrides
      "sde": "VPSDE(...)", "data": "MixtureDataset(...)", "sampler": "PredictorCorrector(...)",
@@ -27,11 +27,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -130,45 +131,50 @@ def report_usage_errors(app: str, task, cfg: DictConfig):
         raise SystemExit(1) from None
 
 
-def _argv_value(argv: Sequence[str], key: str) -> str | None:
-    """The last ``key=value`` override of ``argv`` (quotes stripped), or None."""
-    value = None
-    for arg in argv:
-        if arg.lstrip("+").startswith(key + "="):
-            value = arg.lstrip("+")[len(key) + 1:].strip("'\"")
-    return value
-
-
-def check_run_directory(app: str, argv: Sequence[str] | None = None) -> None:
-    """Refuse, before Hydra writes anything, a single run whose ``hydra.run.dir`` holds an earlier run.
+def run_directory_problem(app: str, run_dir: Path, *, resume: bool = False, run_dir_given: bool = True,
+                          own_checkpoint_dir: bool = False) -> str | None:
+    """Why a single run of ``app`` must not start in ``run_dir`` (None if it may).
 
     ``scoresde-train`` refuses a directory with ``last.pt`` or ``metrics.json`` unless ``resume=true``,
-    and ``resume=true`` without a ``last.pt`` to continue; ``scoresde-sample`` refuses a training run's
-    directory (one with ``last.pt``).  Prints one line and exits with status 1.
+    and ``resume=true`` without a ``last.pt`` to continue (or without ``hydra.run.dir``);
+    ``scoresde-sample`` refuses a training run's directory (one with ``last.pt``).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-m" in argv or "--multirun" in argv or any(a.startswith(("--help", "-h", "--cfg", "-c", "--info")) for a in argv):
-        return
-    run_dir = _argv_value(argv, "hydra.run.dir")
-    resume = str(_argv_value(argv, "resume") or "false").lower() in ("true", "yes", "on", "1")
-    own_checkpoint_dir = _argv_value(argv, "train.checkpoint_dir") not in (None, "null", "")
-    problem = None
-    if app == "train" and resume and run_dir is None:
-        problem = "resume=true needs hydra.run.dir=<the directory of the run to continue>"
-    elif run_dir is not None:
-        d = Path(run_dir).expanduser()
-        has_ckpt, has_metrics = (d / "last.pt").is_file(), (d / "metrics.json").is_file()
-        if app == "train" and resume and not has_ckpt and not own_checkpoint_dir:
-            problem = f"resume=true but {d} has no last.pt to resume from; drop resume=true to start a new run"
-        elif app == "train" and not resume and (has_ckpt or has_metrics):
-            problem = (f"{d} already holds a run ({'last.pt' if has_ckpt else 'metrics.json'}); continue it with "
-                       f"`scoresde-train resume=true hydra.run.dir={d}` (and the run's other overrides), or choose "
-                       "another hydra.run.dir")
-        elif app == "sample" and has_ckpt:
-            problem = f"{d} holds a training run (last.pt); choose another hydra.run.dir for the samples"
-    if problem:
-        print(f"scoresde-{app}: error: {problem}", file=sys.stderr)
-        raise SystemExit(1)
+    if app == "train" and resume and not run_dir_given:
+        return "resume=true needs hydra.run.dir=<the directory of the run to continue>"
+    has_ckpt, has_metrics = (run_dir / "last.pt").is_file(), (run_dir / "metrics.json").is_file()
+    if app == "train" and resume and not has_ckpt and not own_checkpoint_dir:
+        return f"resume=true but {run_dir} has no last.pt to resume from; drop resume=true to start a new run"
+    if app == "train" and not resume and (has_ckpt or has_metrics):
+        return (f"{run_dir} already holds a run ({'last.pt' if has_ckpt else 'metrics.json'}); continue it with "
+                f"`scoresde-train resume=true hydra.run.dir={run_dir}` (and the run's other overrides), or choose "
+                "another hydra.run.dir")
+    if app == "sample" and has_ckpt:
+        return f"{run_dir} holds a training run (last.pt); choose another hydra.run.dir for the samples"
+    return None
+
+
+class RunDirectoryGuard(Callback):
+    """Hydra callback (``hydra.callbacks.run_directory_guard``): refuse a run directory before Hydra writes into it.
+
+    ``on_run_start`` runs after the config is composed and before Hydra creates the job's
+    directory, ``.hydra/`` and log file, so a refused job writes nothing into an existing run: it
+    prints one line (``run_directory_problem``) and exits with status 1.  Sweeps are not checked
+    (their job directories are new).
+    """
+
+    def __init__(self, app: str):
+        self.app = app
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
+        given = any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides)
+        checkpoint_dir = OmegaConf.select(config, "train.checkpoint_dir", default=None)
+        problem = run_directory_problem(self.app, Path(str(config.hydra.run.dir)).expanduser(),
+                                        resume=bool(config.get("resume", False)), run_dir_given=given,
+                                        own_checkpoint_dir=checkpoint_dir not in (None, ""))
+        if problem:
+            print(f"scoresde-{self.app}: error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
 
 
 def start_job(app: str, out: Path) -> None:
@@ -245,7 +251,8 @@ class JobRecord(dict):
             self["status"] = "ok"
         else:
             interrupted = isinstance(exc, KeyboardInterrupt)
-            self.update(status="interrupted" if interrupted else "failed", error=f"{exc_type.__name__}: {exc}",
+            cause = exc.__cause__ if isinstance(exc, UsageError) and exc.__cause__ is not None else exc
+            self.update(status="interrupted" if interrupted else "failed", error=f"{type(cause).__name__}: {cause}",
                         traceback="".join(traceback.format_exception(exc_type, exc, tb)))
             if not interrupted and not isinstance(exc, CompactHydraException):  # Hydra prints those compactly
                 log.error("job failed (%s: %s); metrics.json records it", exc_type.__name__, exc)

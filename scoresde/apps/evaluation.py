@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from ..datasets import MixtureDataset
 from ..floors import HEADLINE, MEANINGS, FloorCache, assess, verdict
 from ..metrics import evaluate
+from ..modes import WITHIN_MODE_SCALARS
 from ..toy import GaussianMixture
 from .guided import class_target
 
@@ -107,8 +108,8 @@ def evaluate_job(x: torch.Tensor, data, cfg: DictConfig, labels: torch.Tensor | 
     target = _target(data, labels, n, generator)
     is_mix = isinstance(target, GaussianMixture)
     sharp = None if names is None else [m for m in names if m in MEANINGS]
-    if sharp is not None and not is_mix:
-        sharp = [m for m in sharp if m in ("outlier_rate_0.1pct", "outlier_rate_1pct", "c2st", "knn_precision", "knn_recall")]
+    if sharp is not None and not is_mix:  # within-mode errors need a mixture
+        sharp = [m for m in sharp if m not in WITHIN_MODE_SCALARS]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors: one thread is faster (2 threads: 3x the CPU time, measured)
     try:
@@ -135,14 +136,16 @@ def evaluate_job(x: torch.Tensor, data, cfg: DictConfig, labels: torch.Tensor | 
 
 
 def headline_text(quality: dict) -> str:
-    """One line for figures: 'outliers (0.1 % level) 0.35 % (floor <= 0.25 %): above floor; 3 of 8 metrics above floor'."""
+    """Lines for figures, e.g. 'outlier_z 30.1 (floor <= 2.2): ABOVE FLOOR; 4 of 6 metrics above floor' and the rates."""
     name = quality.get("headline")
-    m = quality.get("metrics", {}).get(name) if name else None
+    metrics = quality.get("metrics", {})
+    m = metrics.get(name) if name else None
     if m is None:
         return ""
-    if name == HEADLINE:
-        text = (f"outliers (0.1 % level) {100 * m['value']:.2f} % (floor <= {100 * m['floor_band'][1]:.2f} %): "
-                f"{m['verdict']}")
-    else:
-        text = f"{name} {m['value']:.4g} (floor band {m['floor_band'][0]:.3g}-{m['floor_band'][1]:.3g}): {m['verdict']}"
-    return f"{text}; {len(quality.get('above_floor', []))} of {len(quality['metrics'])} metrics above floor"
+    state = "ABOVE FLOOR" if m["verdict"] == "above floor" else "at floor"
+    text = (f"{name} {m['value']:.3g} (floor band {m['floor_band'][0]:.2g} to {m['floor_band'][1]:.2g}): {state}; "
+            f"{len(quality.get('above_floor', []))} of {len(metrics)} metrics above floor")
+    if name == HEADLINE and "outlier_rate_0.1pct" in metrics and "outlier_rate_1pct" in metrics:
+        text += (f"\nbelow the 0.1 % / 1 % density levels: {100 * metrics['outlier_rate_0.1pct']['value']:.2f} % / "
+                 f"{100 * metrics['outlier_rate_1pct']['value']:.2f} % (exact samples: 0.1 % / 1 %)")
+    return text

@@ -38,7 +38,7 @@ from ..datasets import MixtureDataset
 from ..loading import model_from_state
 from ..training import load_checkpoint, load_weights
 from . import config_dir
-from .common import (GUIDANCE, JobRecord, check_run_directory, evaluate_likelihood, make_generator, output_dir,
+from .common import (GUIDANCE, JobRecord, evaluate_likelihood, make_generator, output_dir,
                      report_usage_errors, resolve_device, sample_and_evaluate, start_job, user_errors,
                      validate_app_config)
 from .guided import build_guidance, check_guidance_values
@@ -148,7 +148,6 @@ def _run(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point ``scoresde-sample``."""
     register_schemas()
-    check_run_directory("sample")
     hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run)()
 
 

@@ -8,7 +8,11 @@
 The output directory (``outputs/train/<date>/<time>``, or ``hydra.run.dir``) receives ``last.pt``
 (``scoresde.training`` checkpoint, unless ``train.checkpoint_dir`` is set; its EMA weights are the
 ones sampled), ``metrics.json`` (see ``scoresde.apps.common``), ``loss.png``, ``samples.png`` and
-``samples.npz``, every file written atomically.  The output directory is logged at the start and
+``samples.npz``, every file written atomically, plus ``train_log.csv`` (step, loss, learning rate;
+written as training goes) and, with ``plot.animation=true`` (2-D data), ``animation.gif`` of the
+reverse process.  The recipe groups ``loss``, ``time``, ``optim``, ``scheduler`` (unset by default:
+``TrainConfig``'s own Adam, warm-up and uniform-t DSM loss) and ``experiment`` files (e.g.
+``experiment=edm_recipe``) are described in ``scoresde.recipes`` and ``conf/``.  The output directory is logged at the start and
 the end.  A checkpoint is written every ``train.checkpoint_every`` steps, every
 ``train.checkpoint_seconds`` and at the end; Ctrl-C (SIGINT) or SIGTERM writes one and exits with
 one line naming the command that continues the run: ``scoresde-train <same overrides>
@@ -41,7 +45,7 @@ from omegaconf import DictConfig
 from .._io import atomic_write_with, probe_writable
 from ..training import CHECKPOINT_NAME, TrainingInterrupted, train
 from . import config_dir, figures
-from .common import (EVAL_DATA, MODEL_INIT, SAMPLING, JobRecord, check_run_directory, detach_parameters, evaluate_likelihood,
+from .common import (EVAL_DATA, MODEL_INIT, SAMPLING, JobRecord, detach_parameters, evaluate_likelihood,
                      make_generator, output_dir, report_usage_errors, resolve_device, resume_hint,
                      sample_and_evaluate, start_job, user_errors, validate_app_config)
 from .schemas import register_schemas
@@ -156,7 +160,6 @@ def _recipe(cfg: DictConfig, sde) -> dict:
 def main() -> None:
     """Console entry point ``scoresde-train``."""
     register_schemas()
-    check_run_directory("train")
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
 
 

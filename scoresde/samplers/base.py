@@ -35,7 +35,6 @@ Up to float round-off: a batched matmul may sum in another order for another bat
 from __future__ import annotations
 
 import abc
-import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -45,6 +44,7 @@ import torch
 from .._checks import append_dims, check_generator, check_in, check_int, check_shape, trusted_times
 from ..grids import GRID_NAMES, check_ts, resolve_grid
 from ..sdes import SDE, ScoreFn
+from .scorecalls import CountedScore, NonFiniteScoreError, PerSampleGenerator, check_seeds, randn_like
 
 __all__ = [
     "Sampler", "FixedGridSampler", "StepContext", "SampleResult", "StepInfo", "CountedScore",
@@ -89,88 +89,6 @@ class SampleResult:
     nfe: int
 
 
-class NonFiniteScoreError(FloatingPointError, ValueError):
-    """The score returned non-finite values (a ``ValueError`` too, for the first-call check)."""
-
-
-class CountedScore:
-    """Wraps a score function: counts evaluations and checks every output (see the module docstring).
-
-    ``step`` is set by the loop to the current step, so that a non-finite output found later can be
-    reported with the step and the time t where it first appeared.
-    """
-
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn = score_fn
-        self.nfe = 0
-        self.step = 0
-        self._step_starts: list[tuple[int, int]] = []  # (first call index, step), one entry per step
-        self._first_bad: torch.Tensor | None = None  # call index of the first non-finite output, -1: none
-        self._first_bad_t: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.score_fn(x, t)
-        call = self.nfe
-        self.nfe += 1
-        if not torch.is_tensor(out) or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-            got = f"{tuple(out.shape)}, {out.dtype}, {out.device}" if torch.is_tensor(out) else type(out).__name__
-            raise ValueError(
-                f"`score_fn` must return a tensor of the input's shape, dtype and device "
-                f"{tuple(x.shape)}, {x.dtype}, {x.device}, got {got} (evaluation {call + 1}, step {self.step})"
-            )
-        finite = torch.isfinite(out).all()
-        if call == 0:
-            if not bool(finite):
-                raise NonFiniteScoreError(f"`score_fn` returned non-finite values at t = {float(t[0]):.6g}")
-            self._first_bad = torch.full((), -1, dtype=torch.int64, device=out.device)
-            self._first_bad_t = torch.zeros((), dtype=torch.float64, device=out.device)
-            return out
-        if not self._step_starts or self._step_starts[-1][1] != self.step:
-            self._step_starts.append((call, self.step))
-        new = (~finite) & (self._first_bad < 0)
-        self._first_bad = torch.where(new, call, self._first_bad)
-        self._first_bad_t = torch.where(new, t[0].to(torch.float64), self._first_bad_t)
-        return out
-
-    def check_finite(self) -> None:
-        """Raise ``NonFiniteScoreError`` if any output so far was non-finite (one host sync)."""
-        if self._first_bad is None:
-            return
-        call = int(self._first_bad)
-        if call < 0:
-            return
-        k = bisect.bisect_right([c for c, _ in self._step_starts], call) - 1
-        step = self._step_starts[k][1] if k >= 0 else 0
-        raise NonFiniteScoreError(
-            f"`score_fn` returned non-finite values first at step {step}, t = {float(self._first_bad_t):.6g} "
-            f"(evaluation {call + 1} of {self.nfe}); check the score there (or the step sizes)"
-        )
-
-
-class PerSampleGenerator:
-    """One ``torch.Generator`` per sample (``run(..., seeds=...)``): row i of every draw comes from seed i.
-
-    Pass-through wherever a generator is expected by the samplers' noise helper (``randn_like``).
-    """
-
-    def __init__(self, seeds: Iterable[int], device: torch.device):
-        self.seeds = [int(s) for s in seeds]
-        self.device = torch.device(device)
-        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
-
-    def randn(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        if shape[0] != len(self.generators):
-            raise ValueError(f"`seeds` has {len(self.generators)} entries but the batch has {shape[0]} samples")
-        return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in self.generators])
-
-
-def randn_like(x: torch.Tensor, generator) -> torch.Tensor:
-    """Standard normal noise of ``x``'s shape, dtype and device from ``generator`` (or per-sample streams)."""
-    if isinstance(generator, PerSampleGenerator):
-        return generator.randn(tuple(x.shape), x.dtype, x.device)
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 def tweedie_denoise(score: torch.Tensor, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Tweedie's formula E[x_0 | x_t] = (x + sigma(t)^2 s) / alpha(t) given the score ``s`` at (x, t)."""
     alpha = append_dims(sde.alpha(t).to(x.dtype), x.ndim)
@@ -178,8 +96,17 @@ def tweedie_denoise(score: torch.Tensor, sde: SDE, x: torch.Tensor, t: torch.Ten
     return (x + sigma**2 * score) / alpha
 
 
-def progress_bar(iterable, enabled: bool, desc: str):
-    """tqdm over ``iterable`` when ``enabled``, else the iterable itself (quiet by default)."""
+LONG_RUN = 1000
+"""With ``progress=None`` (the default) a bar is shown for loops of at least this many steps on a terminal."""
+
+
+def progress_bar(iterable, enabled: bool | None, desc: str):
+    """tqdm over ``iterable`` when ``enabled``, else the iterable itself; ``None``: on for long loops
+    (>= ``LONG_RUN`` steps) when stderr is a terminal, off otherwise (quiet in logs and tests)."""
+    if enabled is None:
+        import sys
+
+        enabled = len(iterable) >= LONG_RUN and sys.stderr is not None and sys.stderr.isatty()
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -203,7 +130,7 @@ class Sampler(abc.ABC):
         generator: torch.Generator | None = None,
         x_init: torch.Tensor | None = None,
         callback: Callback | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         ts: Any = None,
@@ -220,7 +147,8 @@ class Sampler(abc.ABC):
             x_init: starting point at t = ts[0] ``[B, *D]`` instead of a prior draw (e.g. a draw from the
                 exact p_T to remove the prior mismatch).  Not modified.
             callback: called with a ``StepInfo`` after every step.
-            progress: show a tqdm progress bar.
+            progress: show a tqdm progress bar (True / False); None (default): only for runs of
+                >= 1000 steps on a terminal.
             device, dtype: of the samples; default: ``x_init``'s, else the generator's device and
                 torch's default dtype.  Use float64 for step-by-step comparisons.
             ts: explicit decreasing time grid (fixed-step samplers only), 1-D, length >= 2, inside
@@ -259,7 +187,7 @@ class Sampler(abc.ABC):
         if seeds is not None:
             if generator is not None:
                 raise ValueError("give either `generator` or `seeds`, not both")
-            seeds = _check_seeds(seeds, shape[0])
+            seeds = check_seeds(seeds, shape[0])
         if device is None:
             device = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
         dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -295,21 +223,6 @@ class Sampler(abc.ABC):
         """The sampling loop on an initial ``x`` at t = T (inputs already checked)."""
 
 
-def _check_seeds(seeds, batch: int) -> list[int]:
-    try:
-        seeds = list(seeds)
-    except TypeError as e:
-        raise TypeError(f"`seeds` must be a sequence of integers (e.g. range(B)), got {seeds!r}") from e
-    if len(seeds) != batch:
-        raise ValueError(f"`seeds` must have one entry per sample (B = {batch}), got {len(seeds)}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) and not (torch.is_tensor(s) and s.ndim == 0):
-            raise TypeError(f"`seeds` entries must be integers, got {s!r}")
-        if not 0 <= int(s) < 2**63:
-            raise ValueError(f"`seeds` entries must lie in [0, 2^63), got {int(s)}")
-    return [int(s) for s in seeds]
-
-
 # -- the fixed-grid loop -----------------------------------------------------------------------------
 
 class StepContext:
@@ -331,10 +244,12 @@ class StepContext:
         self._t_cache: dict = {}
 
     def t(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """ts[i] as a ``[B]`` time tensor in ``x``'s dtype and device (cached)."""
+        """ts[i] as a ``[B]`` time tensor in ``x``'s dtype and device (the last few are cached)."""
         key = (i, x.shape[0], x.dtype, x.device)
         tb = self._t_cache.get(key)
         if tb is None:
+            if len(self._t_cache) >= 4:  # keep the current and next step's only: memory flat in NFE
+                del self._t_cache[next(iter(self._t_cache))]
             tb = self._t_cache[key] = torch.full((x.shape[0],), self._ts[i], device=x.device, dtype=x.dtype)
         return tb
 
