@@ -211,3 +211,17 @@ def check_event_shape(name: str, x: Any, fn: Any) -> None:
     if shape is not None and torch.is_tensor(x) and tuple(x.shape[1:]) != shape:
         raise ValueError(f"`{name}` must have shape [B, *{shape}] (the score function's event shape), "
                          f"got {tuple(x.shape)}")
+
+
+def flat_points(name: str, x) -> torch.Tensor:
+    """A batch of points ``[n, *D]`` (n >= 2, finite) as a float64 CPU tensor ``[n, prod(D)]``; errors name ``name``."""
+    try:
+        x = torch.as_tensor(x)
+    except Exception as err:
+        raise TypeError(f"`{name}` must be a tensor [n, *D], got {type(x).__name__}") from err
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"`{name}` must be batch-first [n, *D] with n >= 2, got shape {tuple(x.shape)}")
+    x = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` must be finite")
+    return x

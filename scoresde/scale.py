@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_generator, check_int, check_positive
+from ._checks import check_generator, check_int, check_positive, flat_points
 from .sdes import SDE
 from .toy import GaussianMixture
 
@@ -46,15 +46,7 @@ PRIOR_TV_WARN = 0.01
 """Default warning threshold on ``PriorMismatch.tv_bound``: 1 % of the probability mass."""
 
 
-def _flat_data(name: str, x: Any) -> torch.Tensor:
-    if not torch.is_tensor(x):
-        raise TypeError(f"`{name}` must be a tensor [n, *D] of data points, got {type(x).__name__}")
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise ValueError(f"`{name}` must have shape [n, *D] with n >= 2, got {tuple(x.shape)}")
-    x = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"`{name}` must be finite")
-    return x
+_flat_data = flat_points
 
 
 def _blocked_diameter(x: torch.Tensor, block: int = 1024) -> tuple[float, int, int]:

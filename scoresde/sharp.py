@@ -28,23 +28,13 @@ from typing import Any, Callable
 import torch
 from scipy.stats import binom
 
-from ._checks import check_generator, check_int, check_positive
+from ._checks import check_generator, check_int, check_positive, flat_points
 
 __all__ = ["density_threshold", "outlier_rate", "binomial_band", "kde_log_prob", "scott_bandwidth", "cv_bandwidth",
            "c2st", "precision_recall"]
 
 
-def _flat(name: str, x: Any) -> torch.Tensor:
-    try:
-        x = torch.as_tensor(x)
-    except Exception as err:
-        raise TypeError(f"`{name}` must be a tensor [n, *D], got {type(x).__name__}") from err
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise ValueError(f"`{name}` must be batch-first [n, *D] with n >= 2, got shape {tuple(x.shape)}")
-    x = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"`{name}` must be finite")
-    return x
+_flat = flat_points
 
 
 def _check_q(q: float) -> float:

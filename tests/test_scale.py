@@ -51,7 +51,12 @@ def test_diameter_checks_input(bad):
     with pytest.raises(ValueError, match="`x`"):
         sigma_max_from_data(bad)
     with pytest.raises(TypeError, match="`x`"):
-        sigma_max_from_data([[0.0, 1.0], [1.0, 0.0]])
+        sigma_max_from_data(object())
+
+
+def test_diameter_accepts_array_likes():
+    points = [[0.0, 1.0], [1.0, 0.0], [3.0, 5.0]]
+    assert sigma_max_from_data(points) == sigma_max_from_data(torch.tensor(points, dtype=torch.float64))
 
 
 def _gaussian(mean, cov) -> toy.GaussianMixture:

@@ -188,6 +188,12 @@ def start_job(app: str, out: Path) -> None:
 def validate_app_config(cfg: DictConfig) -> None:
     """Check the config values that are used only after training or sampling, naming the config key."""
     check_int("num_samples", cfg.num_samples, minimum=1)
+    if cfg.get("batch_size") is not None:
+        check_int("batch_size", cfg.batch_size, minimum=1)
+        guidance = OmegaConf.select(cfg, "guidance.kind", default="none")
+        if guidance != "none":
+            raise ValueError(f"batch_size={cfg.batch_size} is not supported with guidance={guidance} "
+                             "(guided runs draw their labelled samples in one batch): set batch_size=null")
     check_int("seed", cfg.seed, minimum=0, maximum=2**63 - 1)
     ev = cfg.eval
     check_int("eval.repeats", ev.repeats, minimum=2)
@@ -297,6 +303,13 @@ def evaluate_likelihood(record: JobRecord, score_fn, sde, data, cfg: DictConfig,
              nll["stderr"], nll["nfe"], exact)
 
 
+def sample_seed_base(seed: int) -> int:
+    """First per-sample seed of a job with ``seed``: sample i uses ``sample_seed_base(seed) + i``.
+
+    Jobs with different seeds get disjoint ranges for up to 2^31 samples each."""
+    return (int(seed) % 2**31) * 2**31
+
+
 def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: DictConfig,
                         device: torch.device, out_dir: Path, labels: torch.Tensor | None = None) -> float | None:
     """Sample ``cfg.num_samples`` points, evaluate them (``evaluation.evaluate_job``), plot; returns the headline value.
@@ -311,17 +324,30 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     warn_prior_mismatch(data.mixture if isinstance(data, MixtureDataset)
                         else data.sample(min(n, 10_000), make_generator(cfg.seed, EVAL_DATA)), sde, logger=log)
     start = time.perf_counter()
-    result = sampler.run(score_fn, sde, shape, generator=generator, progress=cfg.progress)
+    batch_size = cfg.get("batch_size")
+    if batch_size is None:
+        result = sampler.run(score_fn, sde, shape, generator=generator, progress=cfg.progress)
+        nfe, x = result.nfe, result.x
+    else:
+        # one noise stream per sample (EDM's per-sample seeds): sample i is the same whatever the batch size
+        base, parts, nfe = sample_seed_base(cfg.seed), [], 0
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            result = sampler.run(score_fn, sde, (hi - lo, *shape[1:]), seeds=range(base + lo, base + hi),
+                                 device=device, progress=cfg.progress)
+            parts.append(result.x)
+            nfe = max(nfe, result.nfe)  # NFE counts evaluations per sample, as in one batch
+        x = torch.cat(parts)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     record["time"]["sample_s"] = time.perf_counter() - start
-    record.update(nfe=result.nfe, num_samples=n)
-    x = result.x.detach().to("cpu", torch.float64).reshape(n, -1)
+    record.update(nfe=nfe, num_samples=n)
+    x = x.detach().to("cpu", torch.float64).reshape(n, -1)
     bad = int((~torch.isfinite(x).all(1)).sum())
     if bad:
         raise FloatingPointError(f"the sampler produced {bad} non-finite samples out of {n} (it diverged)")
     log.info("sampled %d points with %s: %d score evaluations in %.1f s", n, type(sampler).__name__,
-             result.nfe, record["time"]["sample_s"])
+             nfe, record["time"]["sample_s"])
 
     # Evaluation on the CPU in float64: against the exact mixture where there is one, else the data set
     # (scoresde.apps.evaluation); the reference drawn here is only for the plots and samples.npz.
@@ -357,6 +383,6 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     sampler_name = record["choices"].get("sampler", type(sampler).__name__)
     quality_line = headline_text(record["quality"])
     atomic_write_with(out_dir / "samples.png", lambda f: figures.plot_samples(
-        x_np, ref_np, f, title=f"{sampler_name}: {n} samples, NFE {result.nfe}\n{quality_line}"))
+        x_np, ref_np, f, title=f"{sampler_name}: {n} samples, NFE {nfe}\n{quality_line}"))
     return headline
 

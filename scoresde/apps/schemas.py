@@ -231,6 +231,7 @@ class _AppConfig:
     sampler: Any = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     num_samples: int = 2000  # samples drawn, evaluated and plotted
+    batch_size: Optional[int] = None  # draw in batches of this size with per-sample seeds (None: one batch)
     seed: int = 0
     device: str = "cpu"
     progress: bool = False  # tqdm bars for training and sampling
