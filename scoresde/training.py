@@ -305,8 +305,17 @@ def _iterable_source(data: Iterable, num_classes: int, device: torch.device):
     return draw
 
 
+def _summary_writer_class():
+    """``torch.utils.tensorboard.SummaryWriter``, or an ImportError that says how to install it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError('`tensorboard_dir` needs TensorBoard: pip install -e ".[tensorboard]"') from err
+    return SummaryWriter
+
+
 def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_fn=None, resume=False,
-          optimizer=None, lr_schedule=None, log_file=None) -> TrainResult:
+          optimizer=None, lr_schedule=None, log_file=None, tensorboard_dir=None) -> TrainResult:
     """Train ``model`` (in place) on ``data`` with denoising score matching.
 
     Args:
@@ -336,6 +345,8 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
             -> factor`` of the optimizer's learning rate (``scoresde.recipes.WarmupCosine``, ...).
         log_file: None or the path of a CSV file ``step,loss,lr`` (one row per step, written at every
             ``check_every`` sync; appended to when resuming).
+        tensorboard_dir: None or a directory for TensorBoard event files with the same ``loss`` and
+            ``lr`` scalars (optional extra: ``pip install -e ".[tensorboard]"``; checked before training).
 
     Raises ``DataError`` for empty or non-finite data, ``NonFiniteLossError`` if the loss diverges
     (the last checkpoint on disk is left untouched) and ``CheckpointError`` subclasses for unusable
@@ -343,11 +354,13 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
     ``TrainingInterrupted`` (see the module docstring).
     """
     with _Interrupts() as interrupt:  # installed first: a signal during set-up is honoured after the first step
-        return _train(model, data, config, loss_fn, resume, interrupt, optimizer, lr_schedule, log_file)
+        return _train(model, data, config, loss_fn, resume, interrupt, optimizer, lr_schedule, log_file,
+                      tensorboard_dir)
 
 
 def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interrupt: "_Interrupts",
-           optimizer=None, lr_schedule=None, log_file=None) -> TrainResult:
+           optimizer=None, lr_schedule=None, log_file=None, tensorboard_dir=None) -> TrainResult:
+    summary_writer = _summary_writer_class() if tensorboard_dir is not None else None  # fails before any work
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module) or not callable(getattr(model, "score_fn", None)):
@@ -442,6 +455,10 @@ def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interru
         csv_log = stack.enter_context(open(log_file, "a" if start else "w"))
         if not start:
             csv_log.write("step,loss,lr\n")
+    board = None
+    if summary_writer is not None:
+        board = summary_writer(log_dir=str(tensorboard_dir), purge_step=start or None)
+        stack.callback(board.close)
     bar = tqdm(total=config.num_steps, initial=start, disable=not config.progress, desc="train", unit="step")
     try:
         for step in range(start, config.num_steps):
@@ -468,7 +485,7 @@ def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interru
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             optimizer.step()
-            if csv_log is not None:
+            if csv_log is not None or board is not None:
                 lrs.append(optimizer.param_groups[0]["lr"])
             decay = min(config.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():  # else the EMA weights carry an autograd history that grows every step
@@ -486,10 +503,16 @@ def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interru
             if save_now or stop_now or done == config.num_steps or done % config.check_every == 0:
                 window = losses[checked:done]
                 guard(done, check_params=save_now or done == config.num_steps)
-                if csv_log is not None:
-                    rows = zip(range(logged, done), losses[logged:done].tolist(), lrs)
-                    csv_log.writelines(f"{k},{v:.7g},{lr:.6g}\n" for k, v, lr in rows)
-                    csv_log.flush()
+                if csv_log is not None or board is not None:
+                    rows = list(zip(range(logged, done), losses[logged:done].tolist(), lrs))
+                    if csv_log is not None:
+                        csv_log.writelines(f"{k},{v:.7g},{lr:.6g}\n" for k, v, lr in rows)
+                        csv_log.flush()
+                    if board is not None:
+                        for k, v, lr in rows:
+                            board.add_scalar("loss", v, k)
+                            board.add_scalar("lr", lr, k)
+                        board.flush()
                     logged, lrs = done, []
                 if config.progress:
                     bar.set_postfix(loss=f"{float(window.mean()):.4f}", refresh=False)

@@ -252,6 +252,7 @@ class TrainAppConfig(_AppConfig):
     scheduler: Any = None  # conf/scheduler: a learning-rate schedule (None: train.warmup_steps)
     experiment: Any = None  # conf/experiment: the chosen experiment's own notes (its overrides act on the root)
     plot: PlotConfig = field(default_factory=PlotConfig)
+    tensorboard: bool = False  # also log loss and lr as TensorBoard scalars in <run dir>/tensorboard (extra .[tensorboard])
 
 
 @dataclass

@@ -43,7 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .._io import atomic_write_with, probe_writable
-from ..training import CHECKPOINT_NAME, TrainingInterrupted, train
+from ..training import CHECKPOINT_NAME, TrainingInterrupted, _summary_writer_class, train
 from . import config_dir, figures
 from .common import (EVAL_DATA, MODEL_INIT, SAMPLING, JobRecord, detach_parameters, evaluate_likelihood,
                      make_generator, output_dir, report_usage_errors, resolve_device, resume_hint,
@@ -71,6 +71,11 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
             start_job("train", out)
             start = time.perf_counter()
             validate_app_config(cfg)
+            if cfg.get("tensorboard"):  # without the extra: one line naming the key, before any work
+                try:
+                    _summary_writer_class()
+                except ImportError as err:
+                    raise ValueError(f"tensorboard=true: {err}") from err
             device = resolve_device(cfg.device)
             sde = instantiate(cfg.sde, _convert_="all")
             data = instantiate(cfg.data, _convert_="all")
@@ -100,7 +105,8 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
         start = time.perf_counter()
         try:
             with user_errors("train"):  # resume / checkpoint problems are found before the first step
-                result = train(model, data, train_config, resume=cfg.resume, log_file=out / "train_log.csv", **recipe)
+                result = train(model, data, train_config, resume=cfg.resume, log_file=out / "train_log.csv",
+                               tensorboard_dir=out / "tensorboard" if cfg.get("tensorboard") else None, **recipe)
         except TrainingInterrupted as e:
             e.hint = resume_hint("train", record, out)
             raise
