@@ -32,6 +32,7 @@ from .checkpoints import (
     load_weights,
     sde_config_from_repr,
 )
+from .datafiles import Standardization
 from .sdes import SDE, ScoreFn
 
 __all__ = ["Loaded", "load", "sde_from_config", "model_from_state"]
@@ -48,6 +49,9 @@ class Loaded(NamedTuple):
     event_shape: tuple[int, ...]
     step: int  # training steps the checkpoint has seen
     path: Path
+    # a data file's standardisation (scoresde-train data=file): samples are in training units;
+    # ``data_transform.to_user_units(x)`` maps them back to the file's units.  None for other data.
+    data_transform: Standardization | None = None
 
 
 def sde_from_config(config: dict, path: Path | str = "<checkpoint>") -> SDE:
@@ -123,4 +127,6 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: torch.device | st
     load_weights(model, path, ema=ema)
     model.to(device).eval().requires_grad_(False)
     event_shape = tuple(getattr(model, "event_shape", state["model_config"].get("event_shape", ())))
-    return Loaded(model, sde, model.score_fn, event_shape, state["step"], path)
+    transform = state.get("data_transform")
+    transform = Standardization.from_state_dict(transform) if transform is not None else None
+    return Loaded(model, sde, model.score_fn, event_shape, state["step"], path, transform)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+import scoresde
+
 from scoresde.datafiles import FileDataset, Standardization, load_array
 from scoresde.datasets import DataError, TwoMoons
 from scoresde.training import load_checkpoint
@@ -155,6 +157,10 @@ def test_train_from_command_line_in_user_units(tmp_path):
     st = Standardization.from_state_dict(state["data_transform"])
     np.testing.assert_allclose(st.shift.numpy(), x.mean(0), rtol=1e-12)
     assert st.scale == pytest.approx(float(np.sqrt(np.mean((x - x.mean(0)) ** 2))), rel=1e-12)
+    # in Python, scoresde.load gives the same standardisation to map samples back to the file's units
+    loaded = scoresde.load(out)
+    np.testing.assert_array_equal(loaded.data_transform.shift.numpy(), st.shift.numpy())
+    assert loaded.data_transform.scale == st.scale
 
 
 def test_load_array_npz_single(tmp_path):
