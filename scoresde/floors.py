@@ -213,6 +213,12 @@ def assess(x, target: Any, *, seed: int = 0, cache: FloorCache | None = None, me
     if ref.shape[1] != x.shape[1]:
         raise ValueError(f"`x` has dimension {x.shape[1]} but the target has {ref.shape[1]}")
     log_prob = _log_prob(target)
+    if log_prob is not None:
+        lp_ref = log_prob(ref)
+        if float(lp_ref.max() - lp_ref.min()) <= 1e-9 * max(1.0, float(lp_ref.abs().max())):
+            # flat on its support (checkerboard): every quantile of log p is the same value, so the
+            # outlier rate is degenerate; the KDE's smoothed density ranks points by distance to the support
+            log_prob = None
     density = "exact" if log_prob is not None else "kde"
     if log_prob is None:
         kde_ref = _draw(target, KDE_REFERENCE_N, _seeded(key, 0, seed, "kde"))

@@ -480,3 +480,22 @@ def test_verdict_direction():
     assert F.verdict("c2st", 0.45, (0.48, 0.52)) == "at floor"  # below the band is not worse
     assert F.verdict("knn_recall", 0.9, (0.95, 0.98)) == "above floor"
     assert F.verdict("knn_recall", 0.99, (0.95, 0.98)) == "at floor"
+
+
+def test_flat_density_uses_the_kde_for_the_outlier_rate():
+    """Checkerboard's exact density is flat on its support, so every quantile of log p is the same
+    value and the exact outlier rate is degenerate; ``assess`` ranks points by a KDE instead.  Exact
+    samples sit inside the floor band; 2 % of points uniform in the bounding box (about half of them
+    off the squares) give outlier_z ~ 8.6, far above the band's top (~2.2)."""
+    import torch
+
+    from scoresde.datasets import Checkerboard
+    from scoresde.floors import assess
+
+    data, g = Checkerboard(), torch.Generator().manual_seed(0)
+    x = data.sample(2000, g, dtype=torch.float64)
+    exact = assess(x, data, seed=0)
+    assert exact["density"] == "kde" and exact["metrics"]["outlier_z"]["verdict"] == "at floor"
+    lo, hi = x.min(0).values, x.max(0).values
+    x[:40] = lo + (hi - lo) * torch.rand(40, 2, generator=g, dtype=torch.float64)
+    assert assess(x, data, seed=0)["metrics"]["outlier_z"]["verdict"] == "above floor"

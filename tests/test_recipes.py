@@ -184,9 +184,13 @@ def hydra_context():
     GlobalHydra.instance().clear()
 
 
-def test_default_train_config_has_no_recipe_override(hydra_context):
+def test_default_train_config_recipe(hydra_context):
+    """The default run (issue 12's ablation): wide log-normal noise levels and cosine lr decay, the
+    loss, optimiser and experiment left to TrainConfig's own."""
     cfg = compose("train")
-    assert all(cfg[k] is None for k in ("loss", "time", "optim", "scheduler", "experiment"))
+    assert all(cfg[k] is None for k in ("loss", "optim", "experiment"))
+    assert (cfg.time.p_mean, cfg.time.p_std) == (-0.6, 1.6)
+    assert cfg.scheduler._target_.endswith("WarmupCosine")
     assert cfg.plot.animation is False and cfg.model._target_ == "scoresde.nets.ScoreMLP"
 
 
