@@ -115,6 +115,17 @@ def _check_event_shape(event_shape) -> tuple[int, ...]:
     return event_shape
 
 
+class NullLabel:
+    """Mixin of the label-conditioned score models: ``null_label`` from ``num_classes``."""
+
+    num_classes: int
+
+    @property
+    def null_label(self) -> int | None:
+        """Index of the "no label" label, ``num_classes``; None for an unconditional model."""
+        return self.num_classes if self.num_classes > 0 else None
+
+
 class MLPBackbone(nn.Module):
     """The residual SiLU MLP as a backbone ``backbone(x_in [B, *D], c_noise [B], labels [B] | None) -> [B, *D]``.
 
@@ -206,7 +217,7 @@ class MLPBackbone(nn.Module):
         return self._body(h, c_noise, labels, "MLPBackbone").reshape(x.shape).to(x.dtype)
 
 
-class ScoreMLP(MLPBackbone):
+class ScoreMLP(NullLabel, MLPBackbone):
     """Residual SiLU MLP score model ``[B, *event_shape], t [B] (, labels [B]) -> [B, *event_shape]``.
 
     Architecture: e = embed(c_noise); cond = Lin(SiLU(Lin(e))) (+ label_embedding(labels));
@@ -278,16 +289,6 @@ class ScoreMLP(MLPBackbone):
             scale_by_sigma=scale_by_sigma, embedding=embedding, embedding_dim=embedding_dim,
             fourier_scale=fourier_scale, noise_input=noise_input, data_std=data_std, num_classes=num_classes,
         )  # fmt: skip
-
-    @property
-    def config(self) -> dict:
-        """The constructor's keyword arguments (except ``sde`` and ``generator``) as a plain dict."""
-        return dict(self._config)
-
-    @property
-    def null_label(self) -> int | None:
-        """Index of the "no label" row, ``num_classes``; None for an unconditional model."""
-        return self.num_classes if self.num_classes > 0 else None
 
     @staticmethod
     def parameter_count(dim: int, width: int = 128, depth: int = 3, embedding_dim: int = 64, num_classes: int = 0) -> int:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ._checks import append_dims, check_generator, check_in, check_int, check_positive
+from .nets import NullLabel
 from .sdes import SDE
 
 __all__ = ["PARAMETERIZATIONS", "Preconditioned", "edm_coefficients"]
@@ -70,7 +71,7 @@ def _backbone_class(path: str) -> type:
     return cls
 
 
-class Preconditioned(nn.Module):
+class Preconditioned(NullLabel, nn.Module):
     """A score model from a backbone: ``model(x, t, labels)`` is F read in ``parameterization``; ``score_fn`` the score.
 
     Args:
@@ -123,11 +124,6 @@ class Preconditioned(nn.Module):
     def config(self) -> dict:
         """Plain-dict description (stored in checkpoints as ``model_config``)."""
         return dict(self._config)
-
-    @property
-    def null_label(self) -> int | None:
-        """Index of the "no label" label, ``num_classes``; None for an unconditional model."""
-        return self.num_classes if self.num_classes > 0 else None
 
     def _backbone(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None):
         if x.shape[1:] != self.event_shape or t.shape != x.shape[:1]:
