@@ -12,7 +12,9 @@ Reproduce::
     OMP_NUM_THREADS=1 python benchmarks/presets.py --names two_moons --seeds 0
 
 Writes ``benchmarks/results/presets.json``, ``benchmarks/results/presets.md`` and ``docs/presets.png``
-(``--resume`` keeps the runs already in the JSON; ``--figure-only`` redraws from ``--workdir``).
+(``--resume`` keeps the runs already in the JSON; ``--figure-only`` redraws from the run directories
+recorded in it; ``--merge other.json ...`` adds the runs of parallel invocations, e.g.
+``--names two_spirals --json /tmp/a.json`` and ``--names checkerboard --json /tmp/b.json`` on two cores).
 """
 from __future__ import annotations
 
@@ -116,9 +118,14 @@ def main(argv=None) -> None:
     p.add_argument("--figure-only", action="store_true")
     p.add_argument("--json", default=str(RESULTS / "presets.json"))
     p.add_argument("--figure", default=str(ROOT.parent / "docs" / "presets.png"))
+    p.add_argument("--merge", nargs="*", default=[],
+                   help="result JSONs of other runs of this script (e.g. run in parallel) merged into --json")
     a = p.parse_args(argv)
     out_json = Path(a.json)
-    results = json.loads(out_json.read_text()) if (a.resume or a.figure_only) and out_json.exists() else {}
+    results = json.loads(out_json.read_text()) if (a.resume or a.figure_only or a.merge) and out_json.exists() else {}
+    for other in a.merge:
+        for name, runs in json.loads(Path(other).read_text()).items():
+            results.setdefault(name, {}).update(runs)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="presets-"))
     if not a.figure_only:
         for name in a.names:
@@ -132,6 +139,9 @@ def main(argv=None) -> None:
                 out_json.parent.mkdir(parents=True, exist_ok=True)
                 out_json.write_text(json.dumps(results, indent=1))
                 write_markdown(results, out_json.with_suffix(".md"), a.seeds)
+    # the table and the figure in the order of PRESETS (the four mixtures first), others after
+    results = {n: results[n] for n in sorted(results, key=lambda n: (PRESETS + [n]).index(n))}
+    out_json.write_text(json.dumps(results, indent=1))
     write_markdown(results, out_json.with_suffix(".md"), a.seeds)
     figure(results, Path(a.figure))
 

@@ -45,8 +45,16 @@ Optional class labels: ``num_classes = C > 0`` adds a learned label embedding of
 (``null_label``) is the "no label" used when ``labels`` is None and, with label dropout, for
 classifier-free guidance.
 
-Parameter count (W = width, E = embedding_dim, L = depth, d = data dim, C = num_classes):
-    (E + W + 2) W  [noise MLP]  +  (d + 1) W  [input]  +  L (W + 1) W  [blocks]  +  (W + 1) d  [output]
+Input Fourier features (optional, ``input_features`` F > 0; Tancik et al. 2020, "Fourier features
+let networks learn high frequency functions in low dimensional domains", Gaussian mapping): the
+first layer sees phi(x) = [x, sin(2 pi B x), cos(2 pi B x)] instead of x, with a fixed B [F/2, d],
+B_ij ~ N(0, input_fourier_scale^2) in units of the (c_in-scaled) input.  An MLP on raw 2-D
+coordinates is slow to learn a score that changes on a scale much finer than the data's extent
+(the tightly wound centre of two_spirals, a 5 x 5 grid of narrow modes); the features let it.
+Off by default (F = 0 computes and initialises exactly as before).
+
+Parameter count (W = width, E = embedding_dim, L = depth, d = data dim, C = num_classes, F = input_features):
+    (E + W + 2) W  [noise MLP]  +  (d + F + 1) W  [input]  +  L (W + 1) W  [blocks]  +  (W + 1) d  [output]
     +  (C + 1) W  [labels, if C > 0].
 The Fourier frequencies are a fixed buffer, not parameters.  Defaults (W = 128, L = 3, E = 64,
 d = 2): 75,010 parameters.
@@ -130,14 +138,17 @@ class MLPBackbone(nn.Module):
     """The residual SiLU MLP as a backbone ``backbone(x_in [B, *D], c_noise [B], labels [B] | None) -> [B, *D]``.
 
     Architecture: e = embed(c_noise); cond = Lin(SiLU(Lin(e))) (+ label_embedding(labels));
-    h = Lin(x_in); ``depth`` times h <- h + Lin(SiLU(h + cond)); out = Lin(SiLU(h)).  The input
-    is flattened on the way in and reshaped on the way out.  No preconditioning: wrap it in
-    ``scoresde.precond.Preconditioned`` (which feeds x_in = c_in x and c_noise), or use ``ScoreMLP``.
+    h = Lin(phi(x_in)); ``depth`` times h <- h + Lin(SiLU(h + cond)); out = Lin(SiLU(h)), with
+    phi(x) = x, or with ``input_features`` F > 0 the input Fourier features of the module docstring,
+    phi(x) = [x, sin 2 pi B x, cos 2 pi B x].  The input is flattened on the way in and reshaped on
+    the way out.  No preconditioning: wrap it in ``scoresde.precond.Preconditioned`` (which feeds
+    x_in = c_in x and c_noise), or use ``ScoreMLP``.
 
     Args: ``event_shape``; ``width`` W, ``depth`` L; ``embedding`` ("fourier" | "sinusoidal"),
-    ``embedding_dim``, ``fourier_scale`` (see the module docstring); ``num_classes`` C > 0 adds a
-    label embedding of C + 1 rows (row C, the null label, is used for ``labels=None``);
-    ``generator`` initialises the weights (nn.Linear's U(+-1/sqrt(fan_in)), never torch's global RNG).
+    ``embedding_dim``, ``fourier_scale`` (see the module docstring); ``input_features`` F (even, 0 =
+    off) and ``input_fourier_scale``; ``num_classes`` C > 0 adds a label embedding of C + 1 rows
+    (row C, the null label, is used for ``labels=None``); ``generator`` initialises the weights
+    (nn.Linear's U(+-1/sqrt(fan_in)), never torch's global RNG) and the frequencies.
     """
 
     def __init__(
@@ -149,6 +160,8 @@ class MLPBackbone(nn.Module):
         embedding: str = "fourier",
         embedding_dim: int = 64,
         fourier_scale: float = 4.0,
+        input_features: int = 0,
+        input_fourier_scale: float = 1.0,
         num_classes: int = 0,
         generator: torch.Generator | None = None,
     ):
@@ -157,6 +170,10 @@ class MLPBackbone(nn.Module):
         check_int("width", width)
         check_int("depth", depth, minimum=0)
         check_in("embedding", embedding, ("fourier", "sinusoidal"))
+        check_int("input_features", input_features, minimum=0)
+        if input_features % 2:
+            raise ValueError(f"`input_features` must be even (sin and cos pairs), got {input_features}")
+        check_positive("input_fourier_scale", input_fourier_scale)
         check_int("num_classes", num_classes, minimum=0)
         generator = check_generator(generator)
         self.event_shape = event_shape
@@ -164,15 +181,23 @@ class MLPBackbone(nn.Module):
         self.num_classes = num_classes
         self._config = dict(event_shape=list(event_shape), width=width, depth=depth, embedding=embedding,
                             embedding_dim=embedding_dim, fourier_scale=fourier_scale, num_classes=num_classes)
+        if input_features:  # recorded only when used: configs of checkpoints without them stay as they were
+            self._config.update(input_features=input_features, input_fourier_scale=input_fourier_scale)
         if embedding == "fourier":
             self.embed = GaussianFourierEmbedding(embedding_dim, fourier_scale, generator)
         else:
             self.embed = SinusoidalEmbedding(embedding_dim)
+        # Input Fourier features (Tancik et al. 2020): B [F/2, d] ~ N(0, input_fourier_scale^2), a fixed
+        # buffer drawn after the noise embedding's frequencies, so F = 0 draws exactly as before.
+        freqs = None
+        if input_features:
+            freqs = torch.randn(input_features // 2, self.dim, generator=generator) * input_fourier_scale
+        self.register_buffer("input_freqs", freqs)
         # skip_init: allocate without drawing from torch's global RNG; _init_weights uses `generator`.
         linear = partial(nn.utils.skip_init, nn.Linear)
         self.noise_mlp = nn.Sequential(linear(embedding_dim, width), nn.SiLU(), linear(width, width))
         self.label_embedding = nn.utils.skip_init(nn.Embedding, num_classes + 1, width) if num_classes > 0 else None
-        self.input = linear(self.dim, width)
+        self.input = linear(self.dim + input_features, width)
         self.blocks = nn.ModuleList(linear(width, width) for _ in range(depth))
         self.output = linear(width, self.dim)
         self._init_weights(generator)
@@ -203,6 +228,9 @@ class MLPBackbone(nn.Module):
             cond = cond + self.label_embedding(labels)
         elif labels is not None:
             raise ValueError(f"`labels` given to an unconditional {name} (num_classes=0)")
+        if self.input_freqs is not None:
+            args = (2 * math.pi) * h @ self.input_freqs.to(h.dtype).T
+            h = torch.cat([h, torch.sin(args), torch.cos(args)], dim=1)
         h = self.input(h)
         for block in self.blocks:
             h = h + block(nn.functional.silu(h + cond))
@@ -231,6 +259,8 @@ class ScoreMLP(NullLabel, MLPBackbone):
         scale_by_sigma: with ``"score"`` only: s = out / sigma(t) (NCSN / score_sde ``scale_by_sigma``).
         embedding: ``"fourier"`` (default) or ``"sinusoidal"``; embedding_dim E (even).
         fourier_scale: std of the Fourier frequencies (per unit c_noise).
+        input_features, input_fourier_scale: F > 0 random Fourier features of the scaled input
+            (see the module docstring); 0 (default) feeds x c_in alone.
         noise_input: ``"log_sigma"`` (default) or ``"time"``; see the module docstring.
         data_std: std of the data for c_in, or None for no input scaling.
         num_classes: C > 0 for a label-conditional model (null label index C).
@@ -254,6 +284,8 @@ class ScoreMLP(NullLabel, MLPBackbone):
         fourier_scale: float = 4.0,
         noise_input: str = "log_sigma",
         data_std: float | None = 1.0,
+        input_features: int = 0,
+        input_fourier_scale: float = 1.0,
         num_classes: int = 0,
         generator: torch.Generator | None = None,
     ):
@@ -277,7 +309,8 @@ class ScoreMLP(NullLabel, MLPBackbone):
             data_std = check_positive("data_std", data_std)
         generator = check_generator(generator)
         super().__init__(event_shape, width=width, depth=depth, embedding=embedding, embedding_dim=embedding_dim,
-                         fourier_scale=fourier_scale, num_classes=num_classes, generator=generator)
+                         fourier_scale=fourier_scale, input_features=input_features,
+                         input_fourier_scale=input_fourier_scale, num_classes=num_classes, generator=generator)
 
         self.sde = sde
         self.parameterization = parameterization
@@ -289,12 +322,16 @@ class ScoreMLP(NullLabel, MLPBackbone):
             scale_by_sigma=scale_by_sigma, embedding=embedding, embedding_dim=embedding_dim,
             fourier_scale=fourier_scale, noise_input=noise_input, data_std=data_std, num_classes=num_classes,
         )  # fmt: skip
+        if input_features:
+            self._config.update(input_features=input_features, input_fourier_scale=input_fourier_scale)
 
     @staticmethod
-    def parameter_count(dim: int, width: int = 128, depth: int = 3, embedding_dim: int = 64, num_classes: int = 0) -> int:
+    def parameter_count(dim: int, width: int = 128, depth: int = 3, embedding_dim: int = 64, num_classes: int = 0,
+                        input_features: int = 0) -> int:
         """Number of trainable parameters, by the formula in the module docstring."""
         labels = (num_classes + 1) * width if num_classes > 0 else 0
-        return (embedding_dim + width + 2) * width + (dim + 1) * width + depth * (width + 1) * width + (width + 1) * dim + labels
+        return ((embedding_dim + width + 2) * width + (dim + input_features + 1) * width + depth * (width + 1) * width
+                + (width + 1) * dim + labels)
 
     # -- evaluation ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

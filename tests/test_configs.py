@@ -311,3 +311,19 @@ def test_grid_is_config_selectable_on_every_fixed_step_sampler():
     cfg = compose("sample", overrides=["sampler=ddim", "sampler.grid=karas"])
     with pytest.raises(InstantiationException, match="`grid` must be one of"):
         instantiate(cfg.sampler)
+
+
+BUILT_IN_DATA = [o for o in options("data") if o not in ("file", "shapes")]
+
+
+@pytest.mark.parametrize("name", BUILT_IN_DATA)
+def test_every_built_in_data_set_has_an_experiment_preset(name):
+    """Issue 12: ``experiment=<data set>`` exists for each built-in 2-D data set, selects that data set
+    and builds a model that runs (its quality is measured by benchmarks/presets.py, not here)."""
+    assert (CONF / "experiment" / f"{name}.yaml").exists()
+    cfg = compose("train", overrides=[f"experiment={name}"])
+    assert cfg.data == composed("data", name).data
+    model = instantiate(cfg.model)(sdes.VPSDE(), (2,), generator=torch.Generator().manual_seed(0))
+    x, t = torch.randn(4, 2), torch.full((4,), 0.5)
+    assert model.score_fn(x, t).shape == (4, 2)
+    assert isinstance(instantiate(cfg.sampler), samplers.Sampler)

@@ -117,7 +117,8 @@ def test_labels_and_null_label():
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(width=32, depth=0), dict(width=64, depth=5, embedding_dim=16, num_classes=10), dict(event_shape=(3, 8, 8))],
+    [dict(), dict(width=32, depth=0), dict(width=64, depth=5, embedding_dim=16, num_classes=10), dict(event_shape=(3, 8, 8)),
+     dict(input_features=64), dict(event_shape=(3, 8, 8), input_features=16)],
 )
 def test_parameter_count_formula(kw):
     kw = dict(kw)
@@ -139,6 +140,30 @@ def test_deterministic_init_without_global_rng():
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert "embed.freqs" in sa and not any(p is a.embed.freqs for p in a.parameters())  # fixed buffer
+
+
+def test_input_fourier_features():
+    """phi(x) = [x, sin 2 pi B x, cos 2 pi B x] with fixed B ~ N(0, s^2) (Tancik et al. 2020) feeds the first layer."""
+    sde = VPSDE()
+    plain = ScoreMLP(sde, width=16, depth=1, generator=gen(3))
+    off = ScoreMLP(sde, width=16, depth=1, input_features=0, input_fourier_scale=5.0, generator=gen(3))
+    assert off.config == plain.config and "input_freqs" not in off.state_dict()  # F = 0: exactly as before
+    model = ScoreMLP(sde, width=16, depth=1, input_features=4000, input_fourier_scale=2.0, generator=gen(3))
+    freqs = model.input_freqs
+    assert freqs.shape == (2000, 2) and not any(p is freqs for p in model.parameters())
+    # B_ij ~ N(0, 2^2): the sample std of 4000 draws is within 5 standard errors (2 / sqrt(2 * 4000)) of 2.
+    assert abs(freqs.std().item() - 2.0) < 5 * 2.0 / math.sqrt(2 * 4000)
+    x, t = torch.randn(5, 2), torch.full((5,), 0.3)
+    # The network output equals the body applied by hand to [x c_in, sin, cos].
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    h = x * torch.rsqrt(alpha**2 + sigma**2)[:, None]
+    args = 2 * math.pi * h @ freqs.T
+    phi = torch.cat([h, torch.sin(args), torch.cos(args)], 1)
+    hh = model.input(phi)
+    cond = model.noise_mlp(model.embed(0.25 * torch.log(sigma / alpha)))
+    hh = hh + model.blocks[0](torch.nn.functional.silu(hh + cond))
+    torch.testing.assert_close(model(x, t), model.output(torch.nn.functional.silu(hh)))
+    assert model.config["input_features"] == 4000 and model.config["input_fourier_scale"] == 2.0
 
 
 def test_embeddings():
@@ -165,6 +190,9 @@ def test_embeddings():
         (dict(data_std=0.0), ValueError, "`data_std`"),
         (dict(num_classes=-1), ValueError, "`num_classes`"),
         (dict(event_shape=(0, 2)), ValueError, "`event_shape`"),
+        (dict(input_features=7), ValueError, "`input_features` must be even"),
+        (dict(input_features=-2), ValueError, "`input_features` must be >= 0"),
+        (dict(input_features=8, input_fourier_scale=0.0), ValueError, "`input_fourier_scale`"),
     ],
 )
 def test_constructor_validation(kw, error, match):

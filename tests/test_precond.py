@@ -173,18 +173,22 @@ def test_factory_is_deterministic_and_leaves_global_rng_alone():
     assert a.config["backbone"] == "scoresde.nets.MLPBackbone" and a.config["backbone_config"]["width"] == 8
 
 
-def test_checkpoint_of_a_preconditioned_model_loads(tmp_path):
-    """model_config records the backbone's class path and config: scoresde.load rebuilds the same model."""
+@pytest.mark.parametrize("backbone_kw", [{}, {"input_features": 16, "input_fourier_scale": 0.5}])
+def test_checkpoint_of_a_preconditioned_model_loads(tmp_path, backbone_kw):
+    """model_config records the backbone's class path and config: scoresde.load rebuilds the same model
+    (with input Fourier features: the same frequencies, a buffer of the state dict)."""
     import scoresde
     from scoresde.training import TrainConfig, train
 
-    model = Preconditioned(VPSDE(), (2,), backbone=partial(MLPBackbone, width=8, depth=1), parameterization="v",
-                           sigma_data=0.7, generator=torch.Generator().manual_seed(0))
+    model = Preconditioned(VPSDE(), (2,), backbone=partial(MLPBackbone, width=8, depth=1, **backbone_kw),
+                           parameterization="v", sigma_data=0.7, generator=torch.Generator().manual_seed(0))
     result = train(model, torch.randn(64, 2, generator=torch.Generator().manual_seed(1)),
                    TrainConfig(num_steps=3, batch_size=8, checkpoint_dir=str(tmp_path)))
     loaded = scoresde.load(tmp_path)
     assert isinstance(loaded.model, Preconditioned) and loaded.model.config == model.config
     x, t = torch.randn(4, 2), torch.full((4,), 0.3)
     torch.testing.assert_close(loaded.score_fn(x, t), result.ema_model.score_fn(x, t))
+    if backbone_kw:
+        torch.testing.assert_close(loaded.model.backbone.input_freqs, model.backbone.input_freqs, rtol=0, atol=0)
     with pytest.raises(ValueError, match="inside scoresde"):
         Preconditioned(VPSDE(), (2,), backbone="os.system")
