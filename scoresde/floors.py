@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, flat_points
 from .modes import WITHIN_MODE_SCALARS, within_mode_errors, within_mode_floor
 from .sharp import _knn_radii, _pr, binomial_band, c2st, cv_bandwidth, kde_log_prob, scott_bandwidth
 from .toy import GaussianMixture
@@ -193,12 +193,9 @@ def assess(x, target: Any, *, seed: int = 0, cache: FloorCache | None = None, me
     (small tensors: OpenMP overhead exceeds the gain); the apps evaluate under one thread.
     """
     start = time.perf_counter()
-    x = torch.as_tensor(x).detach().to("cpu", torch.float64)
-    if x.ndim < 2 or x.shape[0] < 10:
+    x = flat_points("x", x)
+    if x.shape[0] < 10:
         raise ValueError(f"`x` must be batch-first [n, *D] with n >= 10, got shape {tuple(x.shape)}")
-    x = x.reshape(x.shape[0], -1)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("`x` must be finite")
     check_int("seed", seed, minimum=0)
     n, key = x.shape[0], _target_key(target)
     is_mix = isinstance(target, GaussianMixture)

@@ -214,7 +214,7 @@ def resolve_grid(grid) -> "Grid":
         return GRID_NAMES[grid]
     if callable(grid):
         return grid
-    raise TypeError(f"`grid` must be one of {list(GRID_NAMES)} or a grid object, got {grid!r}")
+    raise TypeError(f"`grid` must be one of {list(GRID_NAMES)} or a grid object from scoresde.grids, got {grid!r}")
 
 
 def check_ts(ts, sde: SDE, name: str = "ts") -> torch.Tensor:

@@ -55,7 +55,7 @@ from typing import Callable
 import torch
 
 from . import integrators
-from ._checks import check_generator, check_in, check_int
+from ._checks import check_generator, check_in, check_int, trusted_times
 from .sdes import SDE, ScoreFn
 
 __all__ = [
@@ -264,10 +264,12 @@ class ProbabilityFlowLikelihood:
 
         field = _AugmentedField(score_fn, sde, probes)
         x = x.detach()
-        if self.method in _SCIPY_METHODS:
-            x_end, delta = self._adaptive(field, x, t_eps, sde.T)
-        else:
-            x_end, delta = self._fixed(field, x, t_eps, sde.T)
+        # the solver's own times lie in [t_eps, T]: no range check (a host sync) per evaluation
+        with trusted_times():
+            if self.method in _SCIPY_METHODS:
+                x_end, delta = self._adaptive(field, x, t_eps, sde.T)
+            else:
+                x_end, delta = self._fixed(field, x, t_eps, sde.T)
         prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(x_end)
         if not torch.is_tensor(prior) or prior.shape != (x.shape[0],):
             got = tuple(prior.shape) if torch.is_tensor(prior) else type(prior).__name__

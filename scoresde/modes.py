@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_generator, check_int
+from ._checks import check_generator, check_int, flat_points
 from .toy import GaussianMixture
 
 __all__ = ["within_mode_errors", "within_mode_floor", "WITHIN_MODE_SCALARS"]
@@ -37,16 +37,9 @@ WITHIN_MODE_SCALARS = ("max_mean_error", "max_cov_error", "weight_error")
 
 
 def _flat(x: Any, d: int) -> torch.Tensor:
-    try:
-        x = torch.as_tensor(x)
-    except Exception as err:
-        raise TypeError(f"`x` must be a tensor [n, *D], got {type(x).__name__}") from err
-    if x.ndim < 2 or x.shape[0] < 2 or x[0].numel() != d:
-        raise ValueError(f"`x` must have shape [n, d={d}] (or [n, *D] with prod(D) = {d}) and n >= 2, "
-                         f"got {tuple(x.shape)}")
-    x = x.reshape(x.shape[0], d).to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("`x` must be finite")
+    x = flat_points("x", x)
+    if x.shape[1] != d:
+        raise ValueError(f"`x` must have shape [n, d={d}] (or [n, *D] with prod(D) = {d}), got {tuple(x.shape)}")
     return x
 
 
@@ -94,7 +87,7 @@ def within_mode_errors(x, mixture: GaussianMixture) -> dict:
     mixture = _check_mixture(mixture)
     x = _flat(x, mixture.dim)
     out = {k: v[0].cpu() for k, v in _batched(x[None], mixture).items()}
-    for k in ("weight_error", *WITHIN_MODE_SCALARS):
+    for k in WITHIN_MODE_SCALARS:
         out[k] = float(out[k])
     return out
 

@@ -76,6 +76,7 @@ from .checkpoints import (  # re-exported: the public checkpoint API stays impor
 )
 from .datasets import DataError, check_data
 from .losses import DSMLoss
+from .recipes import Adam, AdamW, ConstantLR
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -383,14 +384,16 @@ def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interru
     pairs = [(p, e) for p, e in zip(model.parameters(), ema.parameters()) if p.requires_grad]
     params, ema_params = [p for p, _ in pairs], [e for _, e in pairs]
     if optimizer is None:
-        opt_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        optimizer = opt_cls(params, lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
-    elif callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
+        opt_cls = Adam if config.optimizer == "adam" else AdamW
+        optimizer = opt_cls(lr=config.lr, beta1=config.beta1, beta2=config.beta2, weight_decay=config.weight_decay)
+    if callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(params)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must be a factory params -> torch.optim.Optimizer, got {optimizer!r}")
     if lr_schedule is not None and not callable(lr_schedule):
         raise TypeError(f"`lr_schedule` must be callable as schedule(step, num_steps) -> factor, got {lr_schedule!r}")
+    if lr_schedule is None:  # TrainConfig's own warm-up, scaling the optimizer's lr (a given optimizer keeps its own)
+        lr_schedule = ConstantLR(config.warmup_steps)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     data_gen = torch.Generator(device=device).manual_seed(config.seed)
     noise_gen = torch.Generator(device=device).manual_seed((config.seed + _NOISE_SEED_OFFSET) % 2**64)
@@ -476,14 +479,9 @@ def _train(model: nn.Module, data, config: TrainConfig, loss_fn, resume, interru
             loss.backward()
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
-            if lr_schedule is not None:
-                factor = lr_schedule(step, config.num_steps)
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * factor
-            elif config.warmup_steps:
-                lr = config.lr * min(1.0, (step + 1) / config.warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+            factor = lr_schedule(step, config.num_steps)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
             optimizer.step()
             if csv_log is not None or board is not None:
                 lrs.append(optimizer.param_groups[0]["lr"])

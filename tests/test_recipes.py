@@ -66,6 +66,16 @@ def test_default_path_is_bit_identical_with_explicit_recipe():
     assert torch.equal(ref, out)
 
 
+def test_a_given_optimizer_keeps_its_learning_rate(tmp_path):
+    """Without lr_schedule, TrainConfig's warm-up scales the given optimizer's own lr (it used to set config.lr)."""
+    log = tmp_path / "log.csv"
+    cfg = TrainConfig(num_steps=20, batch_size=16, lr=2e-3, warmup_steps=10, check_every=10)
+    train(tiny(), TwoMoons(), cfg, optimizer=Adam(lr=1e-5), log_file=log)
+    lrs = [float(r.split(",")[2]) for r in log.read_text().splitlines()[1:]]
+    expected = [1e-5 * min(1.0, (k + 1) / 10) for k in range(20)]
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+
+
 def test_cosine_schedule_reaches_the_optimizer_and_the_csv_log(tmp_path):
     log = tmp_path / "log.csv"
     train(tiny(), TwoMoons(), TrainConfig(num_steps=25, batch_size=16, check_every=10),

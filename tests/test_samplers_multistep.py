@@ -140,18 +140,6 @@ def kdiffusion_dpmpp_2m(x_ve: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     return x_ve
 
 
-@pytest.mark.parametrize("sde_name", MAIN_SDES)
-@pytest.mark.parametrize("n", [8, 25])
-def test_dpmpp_2m_equals_kdiffusion_recurrence_on_karras_grid(sde_name, n):
-    sde = make_sde(sde_name)
-    ts = grids.karras(sde, n)
-    x_T = x_start(sde, 33)
-    x = DPMSolverPP(num_steps=n).sample(gaussian_score(sde), sde, x_init=x_T, ts=ts)
-    a_T = exact_alpha(sde, to_np(ts[:1]))[0]
-    ref = kdiffusion_dpmpp_2m(to_np(x_T) / a_T, sigma_ve(sde, ts))
-    assert np.abs(to_np(x) - ref).max() < 1e-10
-
-
 def diffusers_dpmpp_3m(x_ve: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     """diffusers' DPMSolverMultistepScheduler (dpmsolver++, solver_order=3, midpoint, lower_order_final,
     final sigma 0), in sigma~, x~: warm-up orders 1, 2; order <= 2 into the last grid time when N < 15;
@@ -182,13 +170,17 @@ def diffusers_dpmpp_3m(x_ve: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("sde_name", MAIN_SDES)
 @pytest.mark.parametrize("n", [8, 25])
-def test_dpmpp_3m_diffusers_form_equals_diffusers_recurrence(sde_name, n):
+@pytest.mark.parametrize("solver_kw, reference", [
+    ({}, kdiffusion_dpmpp_2m),                                       # k-diffusion sample_dpmpp_2m
+    ({"order": 3, "third_order": "diffusers"}, diffusers_dpmpp_3m),  # diffusers' 3M form
+], ids=["2m_kdiffusion", "3m_diffusers"])
+def test_dpmpp_equals_peer_recurrence_on_karras_grid(sde_name, n, solver_kw, reference):
     sde = make_sde(sde_name)
     ts = grids.karras(sde, n)
     x_T = x_start(sde, 33)
-    x = DPMSolverPP(num_steps=n, order=3, third_order="diffusers").sample(gaussian_score(sde), sde, x_init=x_T, ts=ts)
+    x = DPMSolverPP(num_steps=n, **solver_kw).sample(gaussian_score(sde), sde, x_init=x_T, ts=ts)
     a_T = exact_alpha(sde, to_np(ts[:1]))[0]
-    ref = diffusers_dpmpp_3m(to_np(x_T) / a_T, sigma_ve(sde, ts))
+    ref = reference(to_np(x_T) / a_T, sigma_ve(sde, ts))
     assert np.abs(to_np(x) - ref).max() < 1e-10
     taylor = DPMSolverPP(num_steps=n, order=3).sample(gaussian_score(sde), sde, x_init=x_T, ts=ts)
     assert float((taylor - x).abs().max()) > 1e-6  # the two forms differ for order 3 ...

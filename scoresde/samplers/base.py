@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .._checks import append_dims, check_generator, check_in, check_int, check_shape, trusted_times
-from ..grids import GRID_NAMES, check_ts, resolve_grid
+from .._checks import append_dims, check_generator, check_int, check_shape, trusted_times
+from ..grids import check_ts, resolve_grid
 from ..sdes import SDE, ScoreFn
 from .scorecalls import CountedScore, NonFiniteScoreError, PerSampleGenerator, check_seeds, randn_like
 
@@ -288,13 +288,6 @@ class StepContext:
         return randn_like(x, self.generator)
 
 
-def _check_grid(grid) -> None:
-    if isinstance(grid, str):
-        check_in("grid", grid, tuple(GRID_NAMES))
-    elif not callable(grid):
-        raise TypeError(f"`grid` must be one of {list(GRID_NAMES)} or a grid object from scoresde.grids, got {grid!r}")
-
-
 class FixedGridSampler(Sampler):
     """A sampler that walks a time grid; subclasses are frozen dataclasses with fields
     ``num_steps: int``, ``grid: str | Grid`` and ``denoise: bool`` and define ``step`` (and optionally
@@ -306,7 +299,7 @@ class FixedGridSampler(Sampler):
     def check_grid_fields(self) -> None:
         """Validate ``num_steps``, ``grid`` and ``denoise`` (call from ``__post_init__``)."""
         check_steps("num_steps", self.num_steps)
-        _check_grid(self.grid)
+        resolve_grid(self.grid)
         if not isinstance(self.denoise, bool):
             raise TypeError(f"`denoise` must be a bool, got {self.denoise!r}")
 

@@ -144,9 +144,10 @@ class DDPM(_TweedieFinal, FixedGridSampler):
     def __post_init__(self):
         self.check_grid_fields()
         check_in("variance", self.variance, ("small", "large"))
+        object.__setattr__(self, "_predictor", AncestralPredictor(self.variance))  # built once, not per step
 
     def step(self, ctx, x, i):
-        return predict(AncestralPredictor(self.variance), ctx, x, i)
+        return predict(self._predictor, ctx, x, i)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class DDIM(_TweedieFinal, FixedGridSampler):
 
     def __post_init__(self):
         self.check_grid_fields()
-        DDIMPredictor(self.eta)  # validates eta
+        object.__setattr__(self, "_predictor", DDIMPredictor(self.eta))  # validates eta; built once, not per step
 
     def step(self, ctx, x, i):
-        return predict(DDIMPredictor(self.eta), ctx, x, i)
+        return predict(self._predictor, ctx, x, i)
