@@ -1,9 +1,9 @@
-"""Cost of the default sample-quality evaluation (``scoresde.floors.assess``, what the apps run) at n = 2000.
+"""Cost of the default sample-quality evaluation (``scoresde.evaluation.floors.assess``, what the apps run) at n = 2000.
 
 For each data set: a *cold* evaluation (empty ``FloorCache``: thresholds, KDE bandwidth and floors
 computed, as for the first job of a sweep or a single run) and a *warm* one (the same cache, as
 for every later job of a sweep), one thread as in the apps; wall and CPU seconds.  With
-``--legacy`` also the old ``scoresde.metrics.evaluate`` (sliced W2, MMD, energy distance, 5 repeats)
+``--legacy`` also the old ``scoresde.evaluation.metrics.evaluate`` (sliced W2, MMD, energy distance, 5 repeats)
 for comparison.  Results: ``benchmarks/results/eval_cost.{json,md}``.
 
     python benchmarks/eval_cost.py [--n 2000] [--legacy] [--quick]
@@ -16,10 +16,10 @@ from _common import Timer, command_line, log, machine, machine_line, md_table, s
 
 import torch
 
-from scoresde.datasets import TwoMoons
-from scoresde.floors import HEADLINE, FloorCache, assess
-from scoresde.metrics import evaluate
-from scoresde.toy import GaussianMixture, eight_gaussians, grid_gaussians
+from scoresde.data.datasets import TwoMoons
+from scoresde.evaluation.floors import HEADLINE, FloorCache, assess
+from scoresde.evaluation.metrics import evaluate
+from scoresde.data.toy import GaussianMixture, eight_gaussians, grid_gaussians
 
 TARGETS = {"eight_gaussians": eight_gaussians, "grid_gaussians": grid_gaussians, "two_moons": TwoMoons}
 

@@ -36,8 +36,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from scoresde import datasets, guidance, metrics, samplers, sdes, toy  # noqa: E402
-from scoresde.nets import ScoreMLP  # noqa: E402
+from scoresde import guidance, metrics, samplers, sdes, toy  # noqa: E402
+from scoresde.data import datasets  # noqa: E402
+from scoresde.models.mlp import ScoreMLP  # noqa: E402
 from scoresde.training import TrainConfig, train  # noqa: E402
 
 

@@ -30,11 +30,11 @@ from _common import RESULTS, Timer, command_line, log, machine, machine_line, md
 
 import torch  # noqa: E402
 
-from scoresde.metrics import mode_weights  # noqa: E402
+from scoresde.evaluation.metrics import mode_weights  # noqa: E402
 from scoresde.plotting import TrajectoryRecorder, plot_quality_vs_nfe, plot_sample_grid, plot_trajectories  # noqa: E402
 from scoresde.samplers import AnnealedLangevin, Langevin, ReverseSDE  # noqa: E402
 from scoresde.sdes import VESDE  # noqa: E402
-from scoresde.toy import ncsn_two_modes  # noqa: E402
+from scoresde.data.toy import ncsn_two_modes  # noqa: E402
 
 NAME = "langevin"
 BOX = 8.0  # NCSN's initialisation U([-8, 8]^2)

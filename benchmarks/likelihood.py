@@ -1,6 +1,6 @@
 """PF-ODE negative log-likelihood of a trained score model and of the exact score vs the exact entropy.
 
-For each exact Gaussian-mixture target p (``scoresde.toy``) under the VP SDE:
+For each exact Gaussian-mixture target p (``scoresde.data.toy``) under the VP SDE:
 
 * train a ``ScoreMLP`` (eps-parameterised, ``training.train``, EMA weights);
 * draw ``--n`` held-out points x ~ p and compute, with ``likelihood.log_likelihood`` (RK45,
@@ -30,9 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from scoresde import datasets, sdes, toy  # noqa: E402
+from scoresde import sdes, toy  # noqa: E402
+from scoresde.data import datasets  # noqa: E402
 from scoresde.likelihood import log_likelihood  # noqa: E402
-from scoresde.nets import ScoreMLP  # noqa: E402
+from scoresde.models.mlp import ScoreMLP  # noqa: E402
 from scoresde.training import TrainConfig, train  # noqa: E402
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from scoresde import VESDE, VPSDE
-from scoresde.datasets import TwoMoons
-from scoresde.metrics import evaluate
-from scoresde.nets import MLPBackbone
-from scoresde.precond import PARAMETERIZATIONS, Preconditioned
+from scoresde.data.datasets import TwoMoons
+from scoresde.evaluation.metrics import evaluate
+from scoresde.models.mlp import MLPBackbone
+from scoresde.models.precond import PARAMETERIZATIONS, Preconditioned
 from scoresde.samplers import DDIM, ProbabilityFlowODE
 from scoresde.training import TrainConfig, train
 

@@ -1,4 +1,4 @@
-"""Peer samplers (diffusers, k-diffusion) driven by the exact score of a ``scoresde.toy`` mixture.
+"""Peer samplers (diffusers, k-diffusion) driven by the exact score of a ``scoresde.data.toy`` mixture.
 
 Used by ``quality_vs_nfe.py --parts low_nfe`` for the side-by-side comparison; ``python
 benchmarks/peers.py --verify`` checks every score conversion on one case.  Nothing here is library

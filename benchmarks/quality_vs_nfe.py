@@ -1,6 +1,6 @@
 """Sample quality against the number of score evaluations (NFE) for every sampler family.
 
-For every exact toy target of ``scoresde.toy.TARGETS`` and every sampler family, run the sampler with
+For every exact toy target of ``scoresde.data.toy.TARGETS`` and every sampler family, run the sampler with
 the *exact* score ``mixture.score_fn(sde)`` at a grid of NFE and report
 
 * ``sw2_ratio``: sliced W2 to the exact mixture (``metrics.sliced_w2_to_mixture``, fixed directions per
@@ -57,11 +57,11 @@ from _common import RESULTS, Timer, command_line, log, machine, machine_line, md
 import torch  # noqa: E402
 
 from scoresde import grids, samplers, toy  # noqa: E402
-from scoresde.metrics import within_mode_errors, within_mode_floor  # noqa: E402
-from scoresde.scale import prior_mismatch  # noqa: E402
-from scoresde.datasets import MixtureDataset  # noqa: E402
-from scoresde.metrics import expected_mode_weights, mode_weight_error, noise_floor, sliced_w2_to_mixture  # noqa: E402
-from scoresde.nets import ScoreMLP  # noqa: E402
+from scoresde.evaluation.metrics import within_mode_errors, within_mode_floor  # noqa: E402
+from scoresde.data.scale import prior_mismatch  # noqa: E402
+from scoresde.data.datasets import MixtureDataset  # noqa: E402
+from scoresde.evaluation.metrics import expected_mode_weights, mode_weight_error, noise_floor, sliced_w2_to_mixture  # noqa: E402
+from scoresde.models.mlp import ScoreMLP  # noqa: E402
 from scoresde.plotting import plot_quality_vs_nfe, plot_sample_grid, plot_score_field  # noqa: E402
 from scoresde.samplers import (  # noqa: E402
     DDIM, DDPM, AnnealedLangevin, Langevin, PredictorCorrector, ProbabilityFlowODE, ReverseSDE,
@@ -422,7 +422,7 @@ LOW_SAMPLERS = {  # label -> (class exported by scoresde.samplers, its hyperpara
     "UniPC-2": ("UniPC", {"order": 2}),
     "UniPC-3": ("UniPC", {"order": 3}),
 }
-WM = ("max_mean_error", "max_cov_error", "weight_error")  # scoresde.metrics.within_mode_errors scalars
+WM = ("max_mean_error", "max_cov_error", "weight_error")  # scoresde.evaluation.metrics.within_mode_errors scalars
 WM_SHORT = {"max_mean_error": "mean", "max_cov_error": "cov", "weight_error": "weight"}
 LOW_TARGETS = {10: 2.0, 20: 1.2}  # nominal NFE -> allowed worst ratio to the floor (issue 8)
 
@@ -580,7 +580,7 @@ def low_nfe_report(payload) -> tuple[str, dict]:
           f"{args['low_seeds']} seed(s) (common random numbers: every sampler of a seed starts from the same "
           f"standard-normal draw z), floors from {args['floor_repeats']} i.i.d. exact samples of the same n.  "
           f"scoresde: {payload['sde']}, x_T = prior_std z.  Peers: " + "; ".join(payload["peer_status"].values()) + ".", "",
-          "Metrics (`scoresde.metrics.within_mode_errors`, soft assignment by exact responsibilities): worst "
+          "Metrics (`scoresde.evaluation.metrics.within_mode_errors`, soft assignment by exact responsibilities): worst "
           "within-mode mean error (in component stds), worst relative covariance error, max mode-weight error; "
           "each divided by the mean of its i.i.d. floor.  **ratio m/c/w** = mean/cov/weight ratios; **worst** = "
           "their maximum.  Targets (issue 8): worst <= 1.2 at NFE 20 and <= 2 at NFE 10; scoresde's best <= the best "
@@ -598,7 +598,7 @@ def low_nfe_report(payload) -> tuple[str, dict]:
            "p95/mean: a perfect sampler's single-seed ratio exceeds this value 5 % of the time.  ±sd: the standard "
            f"deviation of a perfect sampler's ratio averaged over the {args['low_seeds']} seed(s), from the floor's "
            "5-95 % range ((p95 - p05) / 3.29 / mean / sqrt(seeds), normal approximation): ratios within about 2 sd "
-           "of 1 cannot be told from an exact sample, so the 1.2 target is at the resolution limit for the weight error.  TV bound: `scoresde.scale.prior_mismatch` — the share of probability mass that a start "
+           "of 1 cannot be told from an exact sample, so the 1.2 target is at the resolution limit for the weight error.  TV bound: `scoresde.data.scale.prior_mismatch` — the share of probability mass that a start "
            "from the prior instead of p_T can misplace (Pinsker on the moment-matched KL).", ""]
     summary, table = {}, []
     for t in targets:

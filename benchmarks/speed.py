@@ -42,13 +42,13 @@ from _common import RESULTS, Timer, command_line, log, machine, machine_line, md
 import torch  # noqa: E402
 
 from scoresde import samplers  # noqa: E402
-from scoresde.datasets import MixtureDataset  # noqa: E402
-from scoresde.nets import ScoreMLP  # noqa: E402
+from scoresde.data.datasets import MixtureDataset  # noqa: E402
+from scoresde.models.mlp import ScoreMLP  # noqa: E402
 from scoresde.samplers import (  # noqa: E402
     DDIM, DDPM, AnnealedLangevin, Langevin, PredictorCorrector, ProbabilityFlowODE, ReverseSDE,
 )
 from scoresde.sdes import VPSDE  # noqa: E402
-from scoresde.toy import TARGETS  # noqa: E402
+from scoresde.data.toy import TARGETS  # noqa: E402
 from scoresde.training import TrainConfig, train  # noqa: E402
 
 NAME = "speed"

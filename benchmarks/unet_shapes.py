@@ -11,8 +11,8 @@ discs, squares and rings.  The same run with the eps parameterisation (results/u
 eps-network's error at small noise, which PC's Langevin corrector cleans up and DDIM's deterministic
 steps carry through.
 
-Public API only: ``scoresde.images.Shapes`` (16x16 discs, squares and rings in [-1, 1]),
-``scoresde.unet.UNet`` wrapped in ``scoresde.precond.Preconditioned`` (VP SDE), trained with
+Public API only: ``scoresde.data.images.Shapes`` (16x16 discs, squares and rings in [-1, 1]),
+``scoresde.models.unet.UNet`` wrapped in ``scoresde.models.precond.Preconditioned`` (VP SDE), trained with
 ``scoresde.training.train``, sampled with ``PredictorCorrector`` (reverse diffusion + Langevin)
 and ``DDIM``.  Writes ``results/unet_shapes.png`` (data | sampler 1 | sampler 2) and
 ``results/unet_shapes.json`` (training time, steps, final loss, NFE and time per sampler, and a
@@ -33,11 +33,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from scoresde import VPSDE  # noqa: E402
-from scoresde.images import Shapes  # noqa: E402
-from scoresde.precond import Preconditioned  # noqa: E402
+from scoresde.data.images import Shapes  # noqa: E402
+from scoresde.models.precond import Preconditioned  # noqa: E402
 from scoresde.samplers import DDIM, PredictorCorrector  # noqa: E402
 from scoresde.training import TrainConfig, train  # noqa: E402
-from scoresde.unet import UNet  # noqa: E402
+from scoresde.models.unet import UNet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from ._checks import append_dims, check_generator, check_int, check_nonnegative, check_positive
 from .sdes import SDE, ScoreFn
-from .toy import GaussianMixture, MixtureScore
+from .data.toy import GaussianMixture, MixtureScore
 
 __all__ = [
     "ClassifierFreeGuidance",
@@ -271,7 +271,7 @@ class NoisyClassifier(nn.Module):
 
     h = Lin(x c_in) + Lin(SiLU(Lin(emb(c_noise)))); ``depth`` times h <- h + Lin(SiLU(h));
     logits = Lin(SiLU(h)); output log_softmax(logits).  c_in = 1/sqrt(alpha^2 data_std^2 + sigma^2)
-    and c_noise = ln(sigma/alpha)/4 as in ``scoresde.nets``; emb = [sin 2 pi W c, cos 2 pi W c] with
+    and c_noise = ln(sigma/alpha)/4 as in ``scoresde.models.mlp``; emb = [sin 2 pi W c, cos 2 pi W c] with
     fixed W ~ N(0, 4^2).  Weights are initialised from ``generator`` (U(+-1/sqrt(fan_in)), as
     ``nn.Linear``), never from torch's global RNG.  Computes in the weights' dtype and returns the
     input's dtype, so it can be used directly as ``ClassifierGuidance``'s ``log_prob_fn``.

@@ -275,7 +275,7 @@ class VESDE(SDE):
     sigma(t) = sigma_min (sigma_max / sigma_min)^t, g(t) = sigma(t) sqrt(2 ln(sigma_max / sigma_min)),
     alpha = 1, prior N(0, sigma_max^2 I).  t_min = 0 (sigma(0) = sigma_min > 0).
 
-    The defaults (sigma_min = 0.01, sigma_max = 20) suit the 2-D toy targets in ``scoresde.toy``,
+    The defaults (sigma_min = 0.01, sigma_max = 20) suit the 2-D toy targets in ``scoresde.data.toy``,
     whose largest inter-point distance is about 15 (Song & Ermon 2020, technique 1: sigma_max of
     the order of the largest distance between data points).
     """
@@ -361,7 +361,7 @@ class VPSDE(_LinearBetaSDE):
     (score_sde).  ``discrete(num_steps)`` gives the DDPM chain with the matching linear beta table.
 
     The prior mismatch alpha(1) = 0.0066 is negligible for data of unit scale but not for the
-    NCSN mixture at +-5 (a mean offset of 0.05 prior standard deviations); see ``scoresde.toy``.
+    NCSN mixture at +-5 (a mean offset of 0.05 prior standard deviations); see ``scoresde.data.toy``.
     """
 
     def sigma(self, t):

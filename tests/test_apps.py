@@ -60,7 +60,7 @@ def check_metrics(m: dict, app: str) -> None:
     assert isinstance(m["nfe"], int) and m["nfe"] > 0 and m["num_samples"] == 300
     assert {"build_s", "sample_s", "evaluate_s", "total_s"} <= set(m["time"])
     assert all(isinstance(v, float) and v >= 0 for v in m["time"].values())
-    quality = m["quality"]  # scoresde.floors.assess: each metric once, with band, verdict and meaning
+    quality = m["quality"]  # scoresde.evaluation.floors.assess: each metric once, with band, verdict and meaning
     assert quality["headline"] == "outlier_z" and quality["n"] == 300
     assert next(iter(quality["metrics"])) == quality["headline"] and "evaluation" not in m
     for q in quality["metrics"].values():

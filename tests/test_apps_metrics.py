@@ -1,4 +1,4 @@
-"""The default evaluation (``scoresde.floors.assess``, what the apps run): power, calibration, records.
+"""The default evaluation (``scoresde.evaluation.floors.assess``, what the apps run): power, calibration, records.
 
 Power (issue 9): n = 2000, fixed seeds; 2 % of an exact sample replaced by
 * ``box``: points uniform in the sample's bounding box, or
@@ -30,9 +30,9 @@ import math
 import pytest
 import torch
 
-from scoresde.datasets import TwoMoons
-from scoresde.floors import HEADLINE, FloorCache, assess
-from scoresde.toy import GaussianMixture, eight_gaussians, grid_gaussians
+from scoresde.data.datasets import TwoMoons
+from scoresde.evaluation.floors import HEADLINE, FloorCache, assess
+from scoresde.data.toy import GaussianMixture, eight_gaussians, grid_gaussians
 
 N = 2000
 FRACTION = 0.02

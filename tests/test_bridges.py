@@ -38,7 +38,7 @@ from scoresde.bridges import (
     ve_denoiser_to_score,
     ve_eps_to_score,
 )
-from scoresde.toy import anisotropic_mixture
+from scoresde.data.toy import anisotropic_mixture
 
 ALL_SDES = pytest.mark.parametrize("sde_name", list(SDE_CASES))
 MAIN = pytest.mark.parametrize("sde_name", MAIN_SDES)

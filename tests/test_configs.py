@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 
 import scoresde
 from scoresde import samplers, sdes
-from scoresde.datasets import MixtureDataset, ToyDataset
-from scoresde.nets import ScoreMLP
-from scoresde.precond import Preconditioned
+from scoresde.data.datasets import MixtureDataset, ToyDataset
+from scoresde.models.mlp import ScoreMLP
+from scoresde.models.precond import Preconditioned
 from scoresde.training import TrainConfig
 from scoresde.apps import config_dir
 from scoresde.apps import schemas

@@ -1,4 +1,4 @@
-"""Tests for scoresde.datafiles: a user's data file (.npy, .npz, .csv, .txt) as training data.
+"""Tests for scoresde.data.files: a user's data file (.npy, .npz, .csv, .txt) as training data.
 
 Formats, labels, event shapes and the standardisation are checked exactly; every malformed file
 raises an error that names it; and a ``.npy`` of two-moons points in shifted, scaled "user units"
@@ -12,8 +12,8 @@ import torch
 
 import scoresde
 
-from scoresde.datafiles import FileDataset, Standardization, load_array
-from scoresde.datasets import DataError, TwoMoons
+from scoresde.data.files import FileDataset, Standardization, load_array
+from scoresde.data.datasets import DataError, TwoMoons
 from scoresde.training import load_checkpoint
 
 from scoresde.apps import train as train_app

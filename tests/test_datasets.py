@@ -1,4 +1,4 @@
-"""Tests for scoresde.datasets: shapes, reproducibility, stated statistics, densities, data checks.
+"""Tests for scoresde.data.datasets: shapes, reproducibility, stated statistics, densities, data checks.
 
 Statistical tolerances: a sample mean of n i.i.d. draws is compared with its exact expectation
 within 5 standard errors, the standard error being the sample standard deviation / sqrt(n)
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scoresde import toy
-from scoresde.datasets import (
+from scoresde.data.datasets import (
     DATASETS,
     Checkerboard,
     Circles,

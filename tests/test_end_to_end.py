@@ -90,9 +90,9 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, toy
-from scoresde.datasets import MixtureDataset
-from scoresde.metrics import expected_mode_weights, mode_weights, noise_floor, sliced_w2_to_mixture
-from scoresde.nets import ScoreMLP
+from scoresde.data.datasets import MixtureDataset
+from scoresde.evaluation.metrics import expected_mode_weights, mode_weights, noise_floor, sliced_w2_to_mixture
+from scoresde.models.mlp import ScoreMLP
 from scoresde.samplers import DDPM, PredictorCorrector, ReverseSDE
 from scoresde.training import TrainConfig, train
 

@@ -8,7 +8,7 @@ import torch
 from scoresde import grids
 from scoresde.samplers import DDIM, DDPM, EDMHeun, Langevin, ProbabilityFlowODE, ReverseSDE
 from scoresde.sdes import VESDE, VPSDE, SubVPSDE
-from scoresde.toy import GaussianMixture
+from scoresde.data.toy import GaussianMixture
 
 F64 = torch.float64
 SDES = [VPSDE(), SubVPSDE(), VESDE(), VPSDE().discrete(1000)]

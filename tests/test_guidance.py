@@ -18,10 +18,10 @@ from scoresde.guidance import (
     exact_conditional_score,
     train_classifier,
 )
-from scoresde.nets import ScoreMLP
+from scoresde.models.mlp import ScoreMLP
 from scoresde.samplers import DDIM, ProbabilityFlowODE
 from scoresde.sdes import VPSDE
-from scoresde.toy import anisotropic_mixture, eight_gaussians
+from scoresde.data.toy import anisotropic_mixture, eight_gaussians
 
 F64 = torch.float64
 TARGETS = {"eight_gaussians": eight_gaussians, "anisotropic_mixture": anisotropic_mixture}

@@ -19,9 +19,9 @@ from scoresde.likelihood import (
     log_likelihood,
     pf_ode_divergence,
 )
-from scoresde.nets import ScoreMLP
+from scoresde.models.mlp import ScoreMLP
 from scoresde.sdes import VESDE, VPSDE
-from scoresde.toy import GaussianMixture, anisotropic_mixture, eight_gaussians
+from scoresde.data.toy import GaussianMixture, anisotropic_mixture, eight_gaussians
 
 F64 = torch.float64
 N_POINTS = 1000

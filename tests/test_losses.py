@@ -1,4 +1,4 @@
-"""Tests for scoresde.losses: the DSM identities, with exact scores of Gaussian(-mixture) targets.
+"""Tests for scoresde.training.losses: the DSM identities, with exact scores of Gaussian(-mixture) targets.
 
 Identities checked (x_t = alpha x0 + sigma z, loss l = ||sigma s(x_t) + z||^2 summed over d dims):
 
@@ -21,8 +21,8 @@ import torch
 from scipy.integrate import quad
 
 from scoresde import SDE, VESDE, VPSDE, SubVPSDE, toy
-from scoresde.losses import DSMLoss
-from scoresde.nets import ScoreMLP
+from scoresde.training.losses import DSMLoss
+from scoresde.models.mlp import ScoreMLP
 
 SDES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE(), "ddpm": VPSDE().discrete(1000)}
 N = 20_000

@@ -1,4 +1,4 @@
-"""Tests for scoresde.metrics against independent exact results.
+"""Tests for scoresde.evaluation.metrics against independent exact results.
 
 Exact checks (tolerances are round-off only): brute force over permutations, replication of unequal
 samples, monotone couplings of affinely related samples, point masses and scipy quadrature against the
@@ -18,7 +18,7 @@ import torch
 from scipy import integrate, optimize, stats
 
 from scoresde import metrics as M
-from scoresde.toy import GaussianMixture, eight_gaussians, ncsn_two_modes
+from scoresde.data.toy import GaussianMixture, eight_gaussians, ncsn_two_modes
 
 
 def gen(seed: int) -> torch.Generator:
@@ -347,11 +347,11 @@ def test_wrong_types_raise_type_error():
         M.mmd(object(), X)
 
 
-# -- sharp metrics (scoresde.sharp), within-mode errors (scoresde.modes), floors (scoresde.floors) -----------
-from scoresde import floors as F  # noqa: E402
-from scoresde import modes as W  # noqa: E402
-from scoresde import sharp as S  # noqa: E402
-from scoresde.toy import anisotropic_mixture  # noqa: E402
+# -- sharp metrics (scoresde.evaluation.sharp), within-mode errors (scoresde.evaluation.modes), floors (scoresde.evaluation.floors) -----------
+from scoresde.evaluation import floors as F  # noqa: E402
+from scoresde.evaluation import modes as W  # noqa: E402
+from scoresde.evaluation import sharp as S  # noqa: E402
+from scoresde.data.toy import anisotropic_mixture  # noqa: E402
 
 
 def test_within_mode_errors_closed_form():
@@ -421,7 +421,7 @@ def test_kde_log_prob_closed_form_and_cv_bandwidth():
     assert torch.allclose(S.kde_log_prob(ref, h)(x), want, atol=1e-5)  # float32 distances
     # Gaussian data: Scott's rule is near-optimal, so cross-validation keeps a factor >= 0.5 of it;
     # two moons (noise 0.1): a much smaller h
-    from scoresde.datasets import TwoMoons
+    from scoresde.data.datasets import TwoMoons
     g = gen(4)
     normal = torch.randn(2000, 2, generator=g, dtype=torch.float64)
     assert S.cv_bandwidth(normal) >= 0.5 * S.scott_bandwidth(normal)
@@ -489,8 +489,8 @@ def test_flat_density_uses_the_kde_for_the_outlier_rate():
     off the squares) give outlier_z ~ 8.6, far above the band's top (~2.2)."""
     import torch
 
-    from scoresde.datasets import Checkerboard
-    from scoresde.floors import assess
+    from scoresde.data.datasets import Checkerboard
+    from scoresde.evaluation.floors import assess
 
     data, g = Checkerboard(), torch.Generator().manual_seed(0)
     x = data.sample(2000, g, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Tests for scoresde.nets: shapes, the score bridges of each parameterisation, labels, parameter count.
+"""Tests for scoresde.models.mlp: shapes, the score bridges of each parameterisation, labels, parameter count.
 
 Bridge checks run the network in float64 and compare with the MATH.md formulas written out here
 (not via scoresde.bridges), to a relative tolerance of 1e-12 (a few float64 roundings).
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE
-from scoresde.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding
+from scoresde.models.mlp import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding
 
 SDES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE(), "ddpm": VPSDE().discrete(1000)}
 

@@ -5,8 +5,8 @@ import sys
 
 def test_core_library_does_not_import_hydra():
     code = (
-        "import sys, scoresde, scoresde.samplers, scoresde.training, scoresde.nets, scoresde.losses, "
-        "scoresde.datasets, scoresde.metrics, scoresde.likelihood, scoresde.guidance, scoresde.plotting\n"
+        "import sys, scoresde, scoresde.samplers, scoresde.training, scoresde.models.mlp, scoresde.training.losses, "
+        "scoresde.data.datasets, scoresde.evaluation.metrics, scoresde.likelihood, scoresde.guidance, scoresde.plotting\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf'))\n"
         "assert not bad, bad\n"
     )

@@ -16,7 +16,7 @@ from scoresde.plotting import (
 )
 from scoresde.samplers import Langevin
 from scoresde.sdes import VPSDE
-from scoresde.toy import eight_gaussians
+from scoresde.data.toy import eight_gaussians
 
 
 @pytest.fixture(scope="module")

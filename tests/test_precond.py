@@ -1,4 +1,4 @@
-"""Tests for scoresde.precond: exact identities of the four parameterisations on a Gaussian target.
+"""Tests for scoresde.models.precond: exact identities of the four parameterisations on a Gaussian target.
 
 An "oracle" backbone recovers (x, t) from what the wrapper feeds it (x_in = c_in x~, c_noise =
 ln(sigma~)/4) and returns the exact target of its parameterisation for data N(m, s0^2 I), whose
@@ -15,8 +15,8 @@ from torch import nn
 
 from scoresde import VESDE, VPSDE, SubVPSDE
 from scoresde.bridges import denoiser_to_score, eps_to_score
-from scoresde.nets import MLPBackbone, ScoreMLP
-from scoresde.precond import PARAMETERIZATIONS, Preconditioned, edm_coefficients
+from scoresde.models.mlp import MLPBackbone, ScoreMLP
+from scoresde.models.precond import PARAMETERIZATIONS, Preconditioned, edm_coefficients
 
 SDES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE()}
 M, S0 = 0.7, 1.3  # data N(M, S0^2 I)
@@ -170,7 +170,7 @@ def test_factory_is_deterministic_and_leaves_global_rng_alone():
     b = Preconditioned(VPSDE(), (2,), backbone=partial(MLPBackbone, width=8), generator=torch.Generator().manual_seed(1))
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert a.config["backbone"] == "scoresde.nets.MLPBackbone" and a.config["backbone_config"]["width"] == 8
+    assert a.config["backbone"] == "scoresde.models.mlp.MLPBackbone" and a.config["backbone_config"]["width"] == 8
 
 
 @pytest.mark.parametrize("backbone_kw", [{}, {"input_features": 16, "input_fourier_scale": 0.5}])

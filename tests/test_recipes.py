@@ -1,4 +1,4 @@
-"""Tests for the training recipe (issue 11): scoresde.recipes, DSMLoss's weightings and time samplers,
+"""Tests for the training recipe (issue 11): scoresde.training.recipes, DSMLoss's weightings and time samplers,
 train()'s optimizer / lr_schedule / iterable data / CSV log, and the conf/ groups that reach them.
 
 Exact checks where there is an identity (schedules, the EDM weighting, the default path being
@@ -17,10 +17,10 @@ from hydra.utils import instantiate
 from scoresde import VESDE, VPSDE, SubVPSDE
 from scoresde.apps import config_dir
 from scoresde.apps.schemas import register_schemas
-from scoresde.datasets import DataError, TwoMoons
-from scoresde.losses import DSMLoss
-from scoresde.nets import ScoreMLP
-from scoresde.recipes import Adam, AdamW, ConstantLR, ImportanceTime, LogNormalSigma, UniformTime, WarmupCosine
+from scoresde.data.datasets import DataError, TwoMoons
+from scoresde.training.losses import DSMLoss
+from scoresde.models.mlp import ScoreMLP
+from scoresde.training.recipes import Adam, AdamW, ConstantLR, ImportanceTime, LogNormalSigma, UniformTime, WarmupCosine
 from scoresde.training import TrainConfig, train
 
 
@@ -201,7 +201,7 @@ def test_default_train_config_recipe(hydra_context):
     assert all(cfg[k] is None for k in ("loss", "optim", "experiment"))
     assert (cfg.time.p_mean, cfg.time.p_std) == (-0.6, 1.6)
     assert cfg.scheduler._target_.endswith("WarmupCosine")
-    assert cfg.plot.animation is False and cfg.model._target_ == "scoresde.nets.ScoreMLP"
+    assert cfg.plot.animation is False and cfg.model._target_ == "scoresde.models.mlp.ScoreMLP"
 
 
 @pytest.mark.parametrize("overrides, check", [
@@ -289,7 +289,7 @@ def test_animation_of_the_exact_reverse_process(tmp_path):
 
     from scoresde.animation import record_trajectory, save_animation
     from scoresde.samplers import DDIM
-    from scoresde.toy import eight_gaussians
+    from scoresde.data.toy import eight_gaussians
 
     sde, target = VPSDE(), eight_gaussians()
     frames, times = record_trajectory(DDIM(num_steps=12), target.score_fn(sde), sde, 64, gen(0), max_frames=6)

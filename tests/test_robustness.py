@@ -26,10 +26,10 @@ import scoresde
 from scoresde import _io
 from scoresde._checks import trusted_times
 from scoresde.apps import sample, train as train_app
-from scoresde.checkpoints import load_checkpoint, save_checkpoint
-from scoresde.nets import ScoreMLP
+from scoresde.training.checkpoints import load_checkpoint, save_checkpoint
+from scoresde.models.mlp import ScoreMLP
 from scoresde.sdes import VPSDE
-from scoresde.toy import eight_gaussians
+from scoresde.data.toy import eight_gaussians
 from scoresde.training import LossExplosionError, OutputError, TrainConfig, train
 
 from test_apps import FAST, REPO, TINY_TRAIN, run_app
@@ -66,12 +66,12 @@ def test_item1_periodic_checkpoint_by_wall_time(tmp_path):
     config = TrainConfig(num_steps=6, batch_size=8, checkpoint_every=0, checkpoint_seconds=1e-9,
                          checkpoint_dir=str(tmp_path))
     saved = []
-    original = scoresde.training.save_checkpoint
+    original = scoresde.training.loop.save_checkpoint
     try:
-        scoresde.training.save_checkpoint = lambda state, path: saved.append(state["step"]) or original(state, path)
+        scoresde.training.loop.save_checkpoint = lambda state, path: saved.append(state["step"]) or original(state, path)
         train(tiny_model(), DATA, config)
     finally:
-        scoresde.training.save_checkpoint = original
+        scoresde.training.loop.save_checkpoint = original
     assert saved == [1, 2, 3, 4, 5, 6]
 
 
@@ -88,7 +88,7 @@ def test_item1_sigint_in_the_library_writes_a_checkpoint_and_restores_the_handle
         calls["n"] += 1
         if calls["n"] == 7:
             signal.raise_signal(signal.SIGINT)
-        return scoresde.losses.DSMLoss(VPSDE())(score_fn, x0, generator)
+        return scoresde.training.losses.DSMLoss(VPSDE())(score_fn, x0, generator)
 
     with pytest.raises(TrainingInterrupted, match="SIGINT after step 7") as info:
         train(tiny_model(), DATA, config, loss_fn=loss_fn)
@@ -220,7 +220,7 @@ def test_item5_app_outputs_are_complete_files(finished_run):
 
 # -- 6. a finite but exploded loss keeps the last good checkpoint -----------------------------------------
 def test_item6_exploding_loss_keeps_the_last_good_checkpoint(tmp_path):
-    from scoresde.losses import DSMLoss
+    from scoresde.training.losses import DSMLoss
 
     dsm = DSMLoss(VPSDE())
     calls = {"n": 0}
@@ -306,7 +306,7 @@ def test_item14_load_refuses_a_model_class_outside_scoresde(finished_run, tmp_pa
     state = load_checkpoint(finished_run / "last.pt")
     state["model_class"] = "os.system"
     save_checkpoint(state, tmp_path / "evil.pt")
-    with pytest.raises(scoresde.checkpoints.CorruptCheckpointError, match="not part of scoresde"):
+    with pytest.raises(scoresde.training.checkpoints.CorruptCheckpointError, match="not part of scoresde"):
         scoresde.load(tmp_path / "evil.pt")
 
 

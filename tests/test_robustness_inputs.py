@@ -17,13 +17,13 @@ import torch
 
 import scoresde
 from scoresde.bridges import Bridge, eps_to_score
-from scoresde.checkpoints import load_checkpoint
+from scoresde.training.checkpoints import load_checkpoint
 from scoresde.likelihood import log_likelihood
-from scoresde.losses import DSMLoss
-from scoresde.nets import ScoreMLP
+from scoresde.training.losses import DSMLoss
+from scoresde.models.mlp import ScoreMLP
 from scoresde.samplers import DDIM, DDPM, PredictorCorrector, ProbabilityFlowODE, ReverseSDE
 from scoresde.sdes import DiscreteVPSDE, SubVPSDE, VESDE, VPSDE
-from scoresde.toy import eight_gaussians, grid_gaussians
+from scoresde.data.toy import eight_gaussians, grid_gaussians
 from scoresde.training import TrainConfig, train
 
 from test_apps import FAST, TINY_TRAIN, run_app
@@ -179,7 +179,7 @@ LIBRARY = [
     ("checkpoint-is-a-directory", lambda tmp: load_checkpoint(tmp), IsADirectoryError, "is a directory"),
     ("checkpoint-missing", lambda tmp: load_checkpoint(tmp / "nope.pt"), FileNotFoundError, "does not exist"),
     ("load-garbage-file", lambda tmp: (tmp / "g.pt").write_bytes(b"garbage") and scoresde.load(tmp / "g.pt"),
-     scoresde.checkpoints.CorruptCheckpointError, "g.pt"),
+     scoresde.training.checkpoints.CorruptCheckpointError, "g.pt"),
     ("load-ema-not-bool", lambda tmp: scoresde.load(tmp, ema="yes"), TypeError, "`ema`"),
 ]
 

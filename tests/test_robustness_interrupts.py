@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from scoresde.apps import train as train_app
-from scoresde.checkpoints import load_checkpoint
+from scoresde.training.checkpoints import load_checkpoint
 
 from test_apps import REPO, run_app
 

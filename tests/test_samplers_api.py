@@ -19,9 +19,9 @@ from scoresde.samplers import (
     ReverseDiffusionPredictor,
     ReverseSDE,
 )
-from scoresde.metrics import mode_weights
+from scoresde.evaluation.metrics import mode_weights
 from scoresde.sdes import VESDE, VPSDE
-from scoresde.toy import GaussianMixture, eight_gaussians, ncsn_two_modes
+from scoresde.data.toy import GaussianMixture, eight_gaussians, ncsn_two_modes
 
 ALL_SAMPLERS = [
     Langevin(num_steps=20),

@@ -7,7 +7,7 @@ import torch
 from scoresde.bridges import eps_to_score
 from scoresde.samplers import DDIM, DDPM, AncestralPredictor, ProbabilityFlowODE, ReverseSDE
 from scoresde.sdes import VESDE, VPSDE, SubVPSDE
-from scoresde.toy import GaussianMixture
+from scoresde.data.toy import GaussianMixture
 
 F64 = torch.float64
 
@@ -250,7 +250,7 @@ def test_edm_heun_with_churn_is_karras_algorithm_2_with_the_same_noise(sde):
 
 
 def eight_gaussians_f64():
-    from scoresde.toy import eight_gaussians
+    from scoresde.data.toy import eight_gaussians
 
     return eight_gaussians()
 

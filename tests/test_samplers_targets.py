@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import sampler_registry
-from scoresde.metrics import expected_mode_weights, mode_weights, noise_floor, sliced_w2_to_mixture
+from scoresde.evaluation.metrics import expected_mode_weights, mode_weights, noise_floor, sliced_w2_to_mixture
 from scoresde.samplers import (
     DDIM,
     DDPM,
@@ -39,7 +39,7 @@ from scoresde.samplers import (
     ReverseSDE,
 )
 from scoresde.sdes import VESDE, VPSDE, SubVPSDE
-from scoresde.toy import TARGETS
+from scoresde.data.toy import TARGETS
 
 N = 40_000
 MODE_TOL = 0.01

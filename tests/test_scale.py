@@ -1,4 +1,4 @@
-"""scoresde.scale: sigma_max from data (Song & Ermon 2020, technique 1) and the prior mismatch of p_T."""
+"""scoresde.data.scale: sigma_max from data (Song & Ermon 2020, technique 1) and the prior mismatch of p_T."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from scoresde import toy
-from scoresde.scale import max_pairwise_distance, prior_mismatch, sigma_max_from_data, warn_prior_mismatch
+from scoresde.data.scale import max_pairwise_distance, prior_mismatch, sigma_max_from_data, warn_prior_mismatch
 from scoresde.sdes import VESDE, VPSDE, SubVPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(), VESDE(sigma_max=3.0), VPSDE(beta_max=5.0), VPSDE().discrete(1000)]
@@ -133,7 +133,7 @@ def test_prior_mismatch_checks_input():
 
 
 def test_warn_prior_mismatch(caplog):
-    with caplog.at_level(logging.WARNING, logger="scoresde.scale"):
+    with caplog.at_level(logging.WARNING, logger="scoresde.data.scale"):
         pm = warn_prior_mismatch(toy.eight_gaussians(), VPSDE())  # centred, unit scale: no warning
         assert pm.tv_bound < 1e-3 and not caplog.records
         pm = warn_prior_mismatch(toy.ncsn_two_modes(), VPSDE())  # mean (3, 3) leaves alpha(1) * 3 in p_T

@@ -1,4 +1,4 @@
-"""Tests for ``scoresde.toy``: exact Gaussian-mixture densities and perturbed scores against scipy,
+"""Tests for ``scoresde.data.toy``: exact Gaussian-mixture densities and perturbed scores against scipy,
 autograd and closed forms; sampling and perturbation against the exact distributions with
 tolerances derived from the sample size; the named targets against their stated parameters."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ from problems import (
     to_np,
 )
 from scoresde.sdes import VESDE, VPSDE
-from scoresde.toy import (
+from scoresde.data.toy import (
     TARGETS,
     GaussianMixture,
     MixtureScore,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, toy
-from scoresde.datasets import DataError, make_dataset
-from scoresde.losses import DSMLoss
-from scoresde.nets import ScoreMLP
+from scoresde.data.datasets import DataError, make_dataset
+from scoresde.training.losses import DSMLoss
+from scoresde.models.mlp import ScoreMLP
 from scoresde import training
 from scoresde.training import (
     CheckpointMismatchError,
@@ -157,7 +157,7 @@ def test_checkpoint_written_atomically(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(training.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)  # torch.save itself: the checkpoint writer calls it
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"x": torch.arange(5)}, path)
     assert path.read_bytes() == before

@@ -1,8 +1,8 @@
 """The EMA weights returned by ``train`` are plain tensors, not nodes of an autograd graph."""
 import torch
 
-from scoresde.datasets import make_dataset
-from scoresde.nets import ScoreMLP
+from scoresde.data.datasets import make_dataset
+from scoresde.models.mlp import ScoreMLP
 from scoresde.sdes import VPSDE
 from scoresde.training import TrainConfig, train
 

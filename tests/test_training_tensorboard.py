@@ -6,10 +6,11 @@ import csv
 import pytest
 import torch
 
-from scoresde.nets import ScoreMLP
+from scoresde.models.mlp import ScoreMLP
 from scoresde.sdes import VPSDE
-from scoresde.toy import eight_gaussians
-from scoresde.training import TrainConfig, _summary_writer_class, train
+from scoresde.data.toy import eight_gaussians
+from scoresde.training import TrainConfig, train
+from scoresde.training.loop import _summary_writer_class
 
 try:
     _summary_writer_class()

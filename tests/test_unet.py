@@ -1,4 +1,4 @@
-"""Tests for scoresde.unet and scoresde.images: shapes, labels, determinism, and every sampler on a U-Net.
+"""Tests for scoresde.models.unet and scoresde.data.images: shapes, labels, determinism, and every sampler on a U-Net.
 
 Every sampler of the config tree (``conf/sampler/*.yaml``, the registry) runs on a tiny
 preconditioned U-Net over ``[B, 1, 8, 8]`` images with few steps: the output has the input's
@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from scoresde import VESDE, VPSDE
 from scoresde.apps import config_dir
 from scoresde.apps.schemas import register_schemas
-from scoresde.images import Shapes
-from scoresde.precond import Preconditioned
-from scoresde.unet import UNet
+from scoresde.data.images import Shapes
+from scoresde.models.precond import Preconditioned
+from scoresde.models.unet import UNet
 
 SHAPE = (1, 8, 8)
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from .._io import atomic_write, atomic_write_with
 from . import figures
-from ..floors import HEADLINE
+from ..evaluation.floors import HEADLINE
 
 log = logging.getLogger(__name__)
 

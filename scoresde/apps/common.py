@@ -7,7 +7,7 @@
      "overrides": [...],                                           # the job's command-line overrides
      "sde": "VPSDE(...)", "data": "MixtureDataset(...)", "sampler": "PredictorCorrector(...)",
      "num_samples", "nfe", "time": {"build_s", "train_s", "sample_s", "evaluate_s", "total_s"},
-     "quality": <scoresde.floors.assess(...) dict>: {"headline", "n", "density", "metrics":
+     "quality": <scoresde.evaluation.floors.assess(...) dict>: {"headline", "n", "density", "metrics":
                  {name: {"value", "floor_band": [p05, p95], "floor_mean", "verdict", "meaning"}}, ...},
      "train": {...},                                               # scoresde-train only
      "guidance": {"kind", "scale", "label", "num_classes", ...},   # scoresde-sample only
@@ -40,10 +40,10 @@ from omegaconf import DictConfig, OmegaConf
 from .._checks import check_int
 from .._io import atomic_write, atomic_write_with, probe_writable, remove_stale_temporaries
 
-from ..datasets import MixtureDataset
+from ..data.datasets import MixtureDataset
 from .evaluation import check_eval_metrics, evaluate_job, headline_text
-from ..scale import warn_prior_mismatch
-from ..floors import HEADLINE  # noqa: F401  (re-exported: the metric a job returns, tables lead with)
+from ..data.scale import warn_prior_mismatch
+from ..evaluation.floors import HEADLINE  # noqa: F401  (re-exported: the metric a job returns, tables lead with)
 from . import figures
 from .guided import class_metrics, class_target, likelihood_metrics
 
@@ -105,8 +105,8 @@ class UsageError(CompactHydraException, ValueError):
 @contextlib.contextmanager
 def user_errors(app: str) -> Iterator[None]:
     """Turn the errors of building a job from its config (bad values, missing files, no CUDA) into ``UsageError``."""
-    from ..checkpoints import CheckpointError
-    from ..datasets import DataError
+    from ..training.checkpoints import CheckpointError
+    from ..data.datasets import DataError
 
     try:
         yield

@@ -1,6 +1,6 @@
 """The apps' sample-quality evaluation (``cfg.eval``): what is compared with what, floors cached per sweep.
 
-``evaluate_job(x, data, cfg, labels)`` runs ``scoresde.floors.assess`` on the job's samples against
+``evaluate_job(x, data, cfg, labels)`` runs ``scoresde.evaluation.floors.assess`` on the job's samples against
 
 * the exact mixture of a ``MixtureDataset`` (for guided runs: the class's component, or the equally
   weighted mixture when every class is drawn in turn);
@@ -12,7 +12,7 @@ The yardstick (reference sample, thresholds, floors) depends only on the target,
 memory for the process and, in a multirun, in ``<sweep dir>/.floors/`` (one small JSON file per
 target), so only the first job of a sweep pays for the floors.
 
-``eval.metrics`` may also name the older distances (``scoresde.metrics``: ``sliced_w2``, ``mmd``,
+``eval.metrics`` may also name the older distances (``scoresde.evaluation.metrics``: ``sliced_w2``, ``mmd``,
 ``energy_distance``, and ``sliced_w2_to_mixture``, ``mode_weight_error`` for mixtures); their floor
 band is the 5-95 % range of ``eval.repeats`` i.i.d. repeats (use >= 20 for a meaningful band).
 """
@@ -28,11 +28,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ..datasets import MixtureDataset
-from ..floors import HEADLINE, MEANINGS, FloorCache, assess, verdict
-from ..metrics import evaluate
-from ..modes import WITHIN_MODE_SCALARS
-from ..toy import GaussianMixture
+from ..data.datasets import MixtureDataset
+from ..evaluation.floors import HEADLINE, MEANINGS, FloorCache, assess, verdict
+from ..evaluation.metrics import evaluate
+from ..evaluation.modes import WITHIN_MODE_SCALARS
+from ..data.toy import GaussianMixture
 from .guided import class_target
 
 log = logging.getLogger(__name__)

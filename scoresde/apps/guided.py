@@ -36,10 +36,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..datasets import MixtureDataset
+from ..data.datasets import MixtureDataset
 from ..guidance import (ClassifierFreeGuidance, ClassifierGuidance, MixtureConditionalScore, NoisyClassifier,
                         train_classifier)
-from ..toy import GaussianMixture
+from ..data.toy import GaussianMixture
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def build_guidance(g: DictConfig | None, *, score_fn, model, data, sde, n: int, 
 class _Labelled:
     """A data set as ``train_classifier`` draws it: ``sample_with_labels(n, generator, device=, dtype=)``.
 
-    (``scoresde.datasets.ToyDataset.sample_with_labels`` takes no ``device``; it draws on the generator's device.)
+    (``scoresde.data.datasets.ToyDataset.sample_with_labels`` takes no ``device``; it draws on the generator's device.)
     """
 
     def __init__(self, data):

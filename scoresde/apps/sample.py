@@ -34,9 +34,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..datasets import MixtureDataset
-from ..loading import model_from_state
-from ..training import load_checkpoint, load_weights
+from ..data.datasets import MixtureDataset
+from ..training.loading import model_from_state
+from ..training.loop import load_checkpoint, load_weights
 from . import config_dir
 from .common import (GUIDANCE, JobRecord, evaluate_likelihood, make_generator, output_dir,
                      report_usage_errors, resolve_device, sample_and_evaluate, start_job, user_errors,
@@ -77,13 +77,13 @@ def _trained_model(cfg: DictConfig, device):
         extra = {"num_classes": saved["num_classes"]} if "num_classes" in saved else {}  # conditional=true runs
         model = instantiate(run_cfg.model, _convert_="all", **extra)(sde, data.event_shape)
     elif state.get("model_config"):
-        model = model_from_state(state, sde, path)  # the checkpoint's own model class (scoresde.loading)
+        model = model_from_state(state, sde, path)  # the checkpoint's own model class (scoresde.training.loading)
     else:
         raise ValueError(f"checkpoint {path} has no model config and no training-run config beside it; "
                          "rebuild the model in Python and use scoresde.training.load_weights")
     load_weights(model, path, ema=cfg.ema)
     if "data_transform" in state and hasattr(data, "transform"):  # a FileDataset: the units the model was trained in
-        from ..datafiles import Standardization
+        from ..data.files import Standardization
         data.transform = Standardization.from_state_dict(state["data_transform"])
     model.to(device).eval().requires_grad_(False)
     info = {"checkpoint": str(path.resolve()), "step": state["step"], "ema": cfg.ema,

@@ -38,7 +38,10 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .. import datafiles, datasets, images, likelihood, losses, precond, recipes, unet, nets, samplers, sdes, toy, training
+from .. import likelihood, samplers, sdes
+from ..data import datasets, files, images, toy
+from ..models import mlp, precond, unet
+from ..training import loop, losses, recipes
 
 __all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig",
            "NoGuidance", "CFGGuidance", "ClassifierGuidanceConfig", "ExactGuidance", "PFODELikelihood"]
@@ -115,13 +118,13 @@ SCHEMAS: tuple[tuple[str, Any, dict], ...] = (
     *(("sde", c, {}) for c in (sdes.VESDE, sdes.VPSDE, sdes.SubVPSDE, sdes.DiscreteVPSDE.linear)),
     *(("data", c, {}) for c in (
         datasets.MixtureDataset, datasets.SwissRoll, datasets.TwoMoons, datasets.Circles, datasets.Pinwheel,
-        datasets.TwoSpirals, datasets.Checkerboard, datafiles.FileDataset, images.Shapes)),
+        datasets.TwoSpirals, datasets.Checkerboard, files.FileDataset, images.Shapes)),
     *(("mixture", toy.TARGETS[name], {}) for name in toy.TARGETS),
-    ("model", nets.ScoreMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
+    ("model", mlp.ScoreMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
     ("model", precond.Preconditioned, {"partial": True, "exclude": _RUNTIME_ARGS}),
     *(("backbone", c, {"partial": True, "exclude": ("event_shape", "generator", "num_classes")})
-      for c in (nets.MLPBackbone, unet.UNet)),
-    ("train", training.TrainConfig, {}),
+      for c in (mlp.MLPBackbone, unet.UNet)),
+    ("train", loop.TrainConfig, {}),
     # issue 11's training recipe: conf/optim, conf/scheduler, conf/loss, conf/time
     *(("optim", c, {}) for c in (recipes.Adam, recipes.AdamW)),
     *(("scheduler", c, {}) for c in (recipes.ConstantLR, recipes.WarmupCosine)),
@@ -205,7 +208,7 @@ PFODELikelihood.__doc__ = ("``likelihood=pf_ode``: ``scoresde.likelihood.Probabi
 # -- the apps' root configs ----------------------------------------------------------------------
 @dataclass
 class EvalConfig:
-    """Sample-quality evaluation (``scoresde.apps.evaluation``: ``scoresde.floors.assess``) and plots."""
+    """Sample-quality evaluation (``scoresde.apps.evaluation``: ``scoresde.evaluation.floors.assess``) and plots."""
 
     metrics: Optional[List[str]] = None  # None: every sharp metric that applies (floors.MEANINGS)
     seed: int = 0  # the yardstick's seed (reference sample, thresholds, floors), shared by a sweep's jobs

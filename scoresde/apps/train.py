@@ -12,7 +12,7 @@ ones sampled), ``metrics.json`` (see ``scoresde.apps.common``), ``loss.png``, ``
 written as training goes) and, with ``plot.animation=true`` (2-D data), ``animation.gif`` of the
 reverse process.  The recipe groups ``loss``, ``time``, ``optim``, ``scheduler`` (unset by default:
 ``TrainConfig``'s own Adam, warm-up and uniform-t DSM loss) and ``experiment`` files (e.g.
-``experiment=edm_recipe``) are described in ``scoresde.recipes`` and ``conf/``.  The output directory is logged at the start and
+``experiment=edm_recipe``) are described in ``scoresde.training.recipes`` and ``conf/``.  The output directory is logged at the start and
 the end.  A checkpoint is written every ``train.checkpoint_every`` steps, every
 ``train.checkpoint_seconds`` and at the end; Ctrl-C (SIGINT) or SIGTERM writes one and exits with
 one line naming the command that continues the run: ``scoresde-train <same overrides>
@@ -43,7 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .._io import atomic_write_with, probe_writable
-from ..training import CHECKPOINT_NAME, TrainingInterrupted, _summary_writer_class, train
+from ..training.loop import CHECKPOINT_NAME, TrainingInterrupted, _summary_writer_class, train
 from . import config_dir, figures
 from .common import (EVAL_DATA, MODEL_INIT, SAMPLING, JobRecord, detach_parameters, evaluate_likelihood,
                      make_generator, output_dir, report_usage_errors, resolve_device, resume_hint,
@@ -158,7 +158,7 @@ def _recipe(cfg: DictConfig, sde) -> dict:
     loss = build("loss")
     loss_fn = loss(sde, time_sampler=time_sampler) if loss is not None else None
     if loss is None and time_sampler is not None:
-        from ..losses import DSMLoss
+        from ..training.losses import DSMLoss
         loss_fn = DSMLoss(sde, time_sampler=time_sampler)
     return {"loss_fn": loss_fn, "optimizer": build("optim"), "lr_schedule": build("scheduler")}
 

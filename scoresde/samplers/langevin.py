@@ -27,7 +27,7 @@ __all__ = ["Langevin", "AnnealedLangevin"]
 class Langevin(Sampler):
     """Unadjusted Langevin dynamics with the score at one time ``t`` (None: ``sde.t_min``).
 
-    Defaults (eps = 0.005, 1000 steps) suit the 2-D targets of ``scoresde.toy`` (smallest
+    Defaults (eps = 0.005, 1000 steps) suit the 2-D targets of ``scoresde.data.toy`` (smallest
     component variance 0.02): stable, and within-mode mixing in a few hundred steps.
     """
 
@@ -66,7 +66,7 @@ class AnnealedLangevin(Sampler):
     explode on VP, whose sigma_L = 0.0014.
 
     Defaults (30 levels x 250 steps, step_ratio = 0.2 as in NCSN, final denoise) were tuned with
-    the exact score on the 2-D targets of ``scoresde.toy`` from the VE prior.  Annealed Langevin
+    the exact score on the 2-D targets of ``scoresde.data.toy`` from the VE prior.  Annealed Langevin
     keeps a bias on separated modes that smaller steps do not remove: on the NCSN 0.2 / 0.8 mixture
     (n = 40 000, two seeds each) the light mode's weight came out +0.0055/+0.0064 with these
     defaults, +0.008/+0.010 with 30 x 100 at ratio 0.5, +0.007/+0.009 with 60 x 100 at 0.5 and

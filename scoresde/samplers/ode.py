@@ -20,7 +20,7 @@ Integrated from T down to the last grid time, then the final Tweedie denoise to 
   solver's ``nfev`` + 1.  ``grid``/``num_steps``/``ts`` are not used.
 
 Defaults: RK4 on the uniform-t grid with 10 grid times (NFE 37), chosen by measurement: on the
-2-D targets of ``scoresde.toy`` under VP with the exact score and x_init from the exact p_T (n = 40 000,
+2-D targets of ``scoresde.data.toy`` under VP with the exact score and x_init from the exact p_T (n = 40 000,
 sliced W2 / i.i.d. floor as in ``tests/test_samplers_targets.py``), RK4 uniform-10 gives 0.92 / 0.86 /
 0.74 / 1.66 (eight Gaussians / 5x5 grid / anisotropic / NCSN 0.2-0.8), RK45 at rtol = atol = 1e-5
 0.93 / 0.91 / 0.72 / 1.83 with NFE 87-105 (and 5-10x the wall time); Heun with 18 grid times (NFE 34)

@@ -60,7 +60,7 @@ class PredictorCorrector(_TweedieFinal, FixedGridSampler):
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1); ``predictor`` or ``corrector`` may be None.
 
     Defaults (reverse diffusion + ``AnnealedLangevinCorrector(snr=0.1)``, 200 steps, corrector
-    first) were tuned with the exact score on the 2-D targets of ``scoresde.toy`` under VE and VP
+    first) were tuned with the exact score on the 2-D targets of ``scoresde.data.toy`` under VE and VP
     (sliced W2 within 0.8-1.2x the sampling-noise floor at n = 10 000).  The signal-to-noise
     ``LangevinCorrector`` with per-sample norms is not the default because in low dimension its
     step is heavy-tailed (see its docstring); with ``norm="batch"`` it does as well.

@@ -1,4 +1,4 @@
-"""Exact one-dimensional optimal transport for the sliced metrics in ``scoresde.metrics``.
+"""Exact one-dimensional optimal transport for the sliced metrics in ``scoresde.evaluation.metrics``.
 
 In 1-D the optimal W2 coupling is monotone: W2^2(mu, nu) = int_0^1 (Q_mu(q) - Q_nu(q))^2 dq with Q the
 quantile functions.  Both functions here work on many 1-D problems at once (one row per projection).

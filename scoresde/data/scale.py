@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ._checks import check_generator, check_int, check_positive, flat_points
-from .sdes import SDE
+from .._checks import check_generator, check_int, check_positive, flat_points
+from ..sdes import SDE
 from .toy import GaussianMixture
 
 __all__ = ["max_pairwise_distance", "sigma_max_from_data", "PriorMismatch", "prior_mismatch",
@@ -162,7 +162,7 @@ def prior_mismatch(data: Any, sde: SDE, *, max_points: int = EXACT_MAX_POINTS,
     """How far p_T = law(alpha(T) x0 + sigma(T) z) is from the SDE's prior N(0, s^2 I), s = ``sde.prior_std``.
 
     ``data``: samples ``[n, *D]`` (their mean mu and covariance Sigma, unbiased) or a
-    ``scoresde.toy.GaussianMixture`` (its exact moments).  With a = alpha(T), b = sigma(T),
+    ``scoresde.data.toy.GaussianMixture`` (its exact moments).  With a = alpha(T), b = sigma(T),
     m = a mu and C = a^2 Sigma + b^2 I (eigenvalues v_i = a^2 lambda_i + b^2), in closed form::
 
         KL(N(m, C) || N(0, s^2 I)) = ||m||^2 / (2 s^2) + 1/2 sum_i [v_i / s^2 - 1 - log(v_i / s^2)]
@@ -210,7 +210,7 @@ def warn_prior_mismatch(data: Any, sde: SDE, *, threshold: float = PRIOR_TV_WARN
     if pm.tv_bound > threshold:
         logger.warning("%s (> %.2g %%): centre or rescale the data, or lengthen the schedule "
                        "(VP: larger beta_max; VE: sigma_max >= the data's largest pairwise distance, "
-                       "scoresde.scale.sigma_max_from_data)", msg, 100 * threshold)
+                       "scoresde.data.scale.sigma_max_from_data)", msg, 100 * threshold)
     else:
         logger.debug(msg)
     return pm

@@ -13,7 +13,7 @@ can be negative (MMD^2, energy distance) are read against their band, never divi
 
 Headline (printed first everywhere): ``outlier_z``.  With k_q the number of samples whose log-density
 lies below the q-quantile tau_q of log p under p (exact where there is a closed form; a Gaussian KDE
-of a large reference sample otherwise, ``scoresde.sharp``), q = 0.1 % and 1 %,
+of a large reference sample otherwise, ``scoresde.evaluation.sharp``), q = 0.1 % and 1 %,
 
     outlier_z = max_q (k_q - n q) / sqrt(n q (1 - q)),
 
@@ -56,10 +56,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_int, flat_points
+from .._checks import check_int, flat_points
 from .modes import WITHIN_MODE_SCALARS, within_mode_errors, within_mode_floor
 from .sharp import _knn_radii, _pr, binomial_band, c2st, cv_bandwidth, kde_log_prob, scott_bandwidth
-from .toy import GaussianMixture
+from ..data.toy import GaussianMixture
 
 __all__ = ["assess", "FloorCache", "HEADLINE", "MEANINGS", "verdict", "PR_REPEATS"]
 

@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-from ._checks import append_dims, check_generator, check_in, check_positive, trusted_times
-from .sdes import SDE
+from .._checks import append_dims, check_generator, check_in, check_positive, trusted_times
+from ..sdes import SDE
 
 __all__ = ["DSMLoss", "WEIGHTINGS"]
 
@@ -45,7 +45,7 @@ class DSMLoss:
             et al. 2022 Table 1; since D - x0 = sigma~ (sigma s + z) in VE-ised coordinates, this is
             lambda = sigma^2 (1 + sigma~^2 / sigma_d^2) here, sigma~ = sigma / alpha).
         sigma_data: sigma_d of the "edm" weighting.
-        time_sampler: None (t ~ U(t_min, T)) or a ``scoresde.recipes`` time sampler (``LogNormalSigma``,
+        time_sampler: None (t ~ U(t_min, T)) or a ``scoresde.training.recipes`` time sampler (``LogNormalSigma``,
             ``ImportanceTime``, ...): drawn times come from it and the loss is multiplied by its
             ``importance_weight`` (if not None).
     """

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checks import check_positive
+from .._checks import check_positive
 from .datasets import DataError, ToyDataset
 
 __all__ = ["FileDataset", "Standardization", "load_array"]

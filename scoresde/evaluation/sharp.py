@@ -1,6 +1,6 @@
 """Sharp sample-quality metrics: density-quantile outlier rate, C2ST and k-NN precision / recall.
 
-Sliced W2, MMD and energy distance (``scoresde.metrics``) average over the whole sample, so a few
+Sliced W2, MMD and energy distance (``scoresde.evaluation.metrics``) average over the whole sample, so a few
 percent of misplaced mass (haze between modes, filaments) barely moves them at n = 2000.  The metrics
 here look at where each sample lies.  Inputs: ``x: [n, *D]`` (flattened to ``[n, d]``, float64, CPU).
 
@@ -12,7 +12,7 @@ metric                  definition                                      i.i.d. f
                                                                         q = 0.1 %: [0, 0.25] %
 ``c2st``                k-fold CV accuracy of an MLP telling x from     ~ Binomial(2n, 1/2) / 2n: n = 2000:
                         a fresh target sample y (0.5: no difference)    5-95 % band [0.487, 0.513]
-``precision_recall``    k-NN manifold estimate (Kynkaenniemi 2019)      measured by repeats (``scoresde.floors``)
+``precision_recall``    k-NN manifold estimate (Kynkaenniemi 2019)      measured by repeats (``scoresde.evaluation.floors``)
 ======================  ==============================================  ============================================
 
 Where the target has no closed-form density (two moons, spirals ...), ``kde_log_prob`` estimates it
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from scipy.stats import binom
 
-from ._checks import check_generator, check_int, check_positive, flat_points
+from .._checks import check_generator, check_int, check_positive, flat_points
 
 __all__ = ["density_threshold", "outlier_rate", "binomial_band", "kde_log_prob", "scott_bandwidth", "cv_bandwidth",
            "c2st", "precision_recall"]
@@ -222,7 +222,7 @@ def precision_recall(x, y, k: int = 3) -> tuple[float, float]:
     inside the manifold of x (coverage: no data where the samples have none).  Like the paper,
     distances are Euclidean in the data space itself (the paper's are between VGG features), and
     both sets should have equal sizes.  Exact samples do not score 1 at finite n: read the values
-    against the floor (``scoresde.floors``).  Distances in float32.  Cost O((n + m) n d), chunked:
+    against the floor (``scoresde.evaluation.floors``).  Distances in float32.  Cost O((n + m) n d), chunked:
     about 50 ms at n = m = 2000 on one core.
     """
     x, y = _flat("x", x), _flat("y", y)

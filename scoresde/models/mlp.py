@@ -1,8 +1,8 @@
 """Noise-conditioned score networks for low-dimensional data.
 
 ``MLPBackbone(event_shape)`` is the network alone, ``backbone(x_in, c_noise[, labels]) -> [B, *D]``,
-to wrap in ``scoresde.precond.Preconditioned`` (EDM's c_in / c_noise / c_skip / c_out, with the
-parameterisations score | eps | denoiser | v); ``scoresde.unet.UNet`` is the image backbone.
+to wrap in ``scoresde.models.precond.Preconditioned`` (EDM's c_in / c_noise / c_skip / c_out, with the
+parameterisations score | eps | denoiser | v); ``scoresde.models.unet.UNet`` is the image backbone.
 ``ScoreMLP`` below is the same MLP with its own built-in preconditioning (kept for its API and its
 checkpoints: identical parameter names, and with ``data_std=1`` and "eps" it computes exactly what
 ``Preconditioned(MLPBackbone, "eps")`` does).
@@ -67,9 +67,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._checks import check_generator, check_in, check_int, check_positive
-from .bridges import denoiser_to_score, eps_to_score
-from .sdes import SDE
+from .._checks import check_generator, check_in, check_int, check_positive
+from ..bridges import denoiser_to_score, eps_to_score
+from ..sdes import SDE
 
 __all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "MLPBackbone", "ScoreMLP", "PARAMETERIZATIONS"]
 
@@ -141,7 +141,7 @@ class MLPBackbone(nn.Module):
     h = Lin(phi(x_in)); ``depth`` times h <- h + Lin(SiLU(h + cond)); out = Lin(SiLU(h)), with
     phi(x) = x, or with ``input_features`` F > 0 the input Fourier features of the module docstring,
     phi(x) = [x, sin 2 pi B x, cos 2 pi B x].  The input is flattened on the way in and reshaped on
-    the way out.  No preconditioning: wrap it in ``scoresde.precond.Preconditioned`` (which feeds
+    the way out.  No preconditioning: wrap it in ``scoresde.models.precond.Preconditioned`` (which feeds
     x_in = c_in x and c_noise), or use ``ScoreMLP``.
 
     Args: ``event_shape``; ``width`` W, ``depth`` L; ``embedding`` ("fourier" | "sinusoidal"),

@@ -28,7 +28,7 @@ after their losses (and the parameters themselves) have been checked.
 directory, flushed, fsynced and ``os.replace``d, so the file on disk is always a complete earlier
 checkpoint.  They hold only tensors, numbers, strings, lists and dicts and are read back with
 ``torch.load(weights_only=True)``; errors name the file and the problem.  The file format, its
-checks and the checkpoint errors live in ``scoresde.checkpoints`` and are re-exported here.
+checks and the checkpoint errors live in ``scoresde.training.checkpoints`` and are re-exported here.
 They are written every ``checkpoint_every`` steps, every ``checkpoint_seconds`` of wall time and
 at the end; ``checkpoint_dir`` is probed for writability before the first step, and temporary files
 of a write that a killed process left behind are removed.
@@ -59,8 +59,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_int, check_in, check_nonnegative, check_positive, check_probability, trusted_times
-from ._io import OutputError, probe_writable, remove_stale_temporaries
+from .._checks import check_int, check_in, check_nonnegative, check_positive, check_probability, trusted_times
+from .._io import OutputError, probe_writable, remove_stale_temporaries
 from .checkpoints import (  # re-exported: the public checkpoint API stays importable from here
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -74,7 +74,7 @@ from .checkpoints import (  # re-exported: the public checkpoint API stays impor
     save_checkpoint,
     training_state,
 )
-from .datasets import DataError, check_data
+from ..data.datasets import DataError, check_data
 from .losses import DSMLoss
 from .recipes import Adam, AdamW, ConstantLR
 
@@ -340,10 +340,10 @@ def train(model: nn.Module, data, config: TrainConfig = TrainConfig(), *, loss_f
         resume: False (refuse to overwrite an existing checkpoint), True (continue from
             ``<checkpoint_dir>/last.pt``, which must exist) or the path of a checkpoint to continue from.
         optimizer: None (``config.optimizer``, ``lr``, ``beta1``, ``beta2``, ``weight_decay``) or a
-            factory ``optimizer(params) -> torch.optim.Optimizer`` (``scoresde.recipes.Adam``/``AdamW``,
+            factory ``optimizer(params) -> torch.optim.Optimizer`` (``scoresde.training.recipes.Adam``/``AdamW``,
             ``functools.partial(torch.optim.SGD, lr=0.1)``), which replaces those fields.
         lr_schedule: None (linear warm-up over ``config.warmup_steps``) or ``schedule(step, num_steps)
-            -> factor`` of the optimizer's learning rate (``scoresde.recipes.WarmupCosine``, ...).
+            -> factor`` of the optimizer's learning rate (``scoresde.training.recipes.WarmupCosine``, ...).
         log_file: None or the path of a CSV file ``step,loss,lr`` (one row per step, written at every
             ``check_every`` sync; appended to when resuming).
         tensorboard_dir: None or a directory for TensorBoard event files with the same ``loss`` and

@@ -2,7 +2,7 @@
 
 Two families:
 
-* the exact Gaussian mixtures of ``scoresde.toy`` (``MixtureDataset`` wraps, never copies them):
+* the exact Gaussian mixtures of ``scoresde.data.toy`` (``MixtureDataset`` wraps, never copies them):
   exact log-density and exact perturbed score, labels = mixture component;
 * the classic 2-D shapes of FFJORD's ``toy_data.py`` (Grathwohl et al. 2019), re-written with an
   explicit ``torch.Generator`` and documented parameters: swiss roll, two moons, concentric
@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from . import toy
-from ._checks import check_generator, check_int, check_nonnegative, check_positive
+from .._checks import check_generator, check_int, check_nonnegative, check_positive
 
 __all__ = [
     "DataError",
@@ -147,7 +147,7 @@ def _labels(n: int, k: int, g: torch.Generator) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MixtureDataset(ToyDataset):
-    """A ``scoresde.toy.GaussianMixture`` as training data; labels are mixture components.
+    """A ``scoresde.data.toy.GaussianMixture`` as training data; labels are mixture components.
 
     ``log_prob`` and ``score_fn(sde)`` (the exact perturbed score) delegate to the mixture.
     """
@@ -157,7 +157,7 @@ class MixtureDataset(ToyDataset):
 
     def __post_init__(self):
         if not isinstance(self.mixture, toy.GaussianMixture):
-            raise TypeError(f"`mixture` must be a scoresde.toy.GaussianMixture, got {type(self.mixture).__name__}")
+            raise TypeError(f"`mixture` must be a scoresde.data.toy.GaussianMixture, got {type(self.mixture).__name__}")
 
     @property
     def event_shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -395,7 +395,7 @@ DATASETS: "MappingProxyType[str, Callable[..., ToyDataset]]" = MappingProxyType(
     }
 )
 """Read-only name -> factory map (keyword arguments go to the factory).  The mixtures keep their
-``scoresde.toy.TARGETS`` names."""
+``scoresde.data.toy.TARGETS`` names."""
 
 
 def make_dataset(name: str, **kwargs) -> ToyDataset:

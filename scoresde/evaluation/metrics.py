@@ -26,9 +26,9 @@ between modes, W2^2 ~ D^2 sqrt(w(1-w)/n).  Another reason to compare at equal n 
 
 These distances average over the whole sample, so a few percent of misplaced mass (haze between
 modes, filaments, blur) barely moves them at n = 2000.  The sharp metrics live next door:
-``scoresde.sharp`` (density-quantile outlier rate, C2ST, k-NN precision / recall),
-``scoresde.modes`` (within-mode errors, re-exported here: ``within_mode_errors``,
-``within_mode_floor``), and ``scoresde.floors.assess``, the calibrated evaluation the apps run
+``scoresde.evaluation.sharp`` (density-quantile outlier rate, C2ST, k-NN precision / recall),
+``scoresde.evaluation.modes`` (within-mode errors, re-exported here: ``within_mode_errors``,
+``within_mode_floor``), and ``scoresde.evaluation.floors.assess``, the calibrated evaluation the apps run
 (every metric with its floor band and a verdict, headline ``outlier_z``).
 """
 from __future__ import annotations
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ._checks import check_generator, check_int, check_positive
+from .._checks import check_generator, check_int, check_positive
 from ._ot1d import mixture_grid_size, w2sq_empirical, w2sq_to_mixture
-from .toy import GaussianMixture
+from ..data.toy import GaussianMixture
 from .modes import within_mode_errors, within_mode_floor  # noqa: F401  (re-exported: agreed interface)
 
 __all__ = [
@@ -93,7 +93,7 @@ def _centred(x, y) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_mixture(mixture: Any, d: int | None, name: str = "mixture") -> GaussianMixture:
     if not isinstance(mixture, GaussianMixture):
-        raise TypeError(f"`{name}` must be a scoresde.toy.GaussianMixture, got {type(mixture).__name__}")
+        raise TypeError(f"`{name}` must be a scoresde.data.toy.GaussianMixture, got {type(mixture).__name__}")
     if d is not None and mixture.dim != d:
         raise ValueError(f"`{name}` has dimension {mixture.dim} but `x` has d = {d}")
     return mixture

@@ -10,12 +10,11 @@ The checkpoint itself holds everything needed: the model's class (``"model_class
 path that must lie inside ``scoresde``, so a checkpoint cannot name arbitrary code) and its
 constructor values (``"model_config"``), the SDE (``"sde_config"``, or for older checkpoints
 parsed from ``repr(sde)``) and the weights.  The file is read with ``torch.load(weights_only=True)``
-(``scoresde.checkpoints.load_checkpoint``).  The model comes back in eval mode without gradients,
+(``scoresde.training.checkpoints.load_checkpoint``).  The model comes back in eval mode without gradients,
 with the EMA weights unless ``ema=False``.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import sdes
+from .. import sdes
 from .checkpoints import (
     CHECKPOINT_NAME,
     CheckpointMismatchError,
@@ -32,12 +31,13 @@ from .checkpoints import (
     load_weights,
     sde_config_from_repr,
 )
-from .datafiles import Standardization
-from .sdes import SDE, ScoreFn
+from ..data.files import Standardization
+from ..models.precond import model_class
+from ..sdes import SDE, ScoreFn
 
 __all__ = ["Loaded", "load", "sde_from_config", "model_from_state"]
 
-_DEFAULT_MODEL = "scoresde.nets.ScoreMLP"  # checkpoints written before "model_class" was recorded
+_DEFAULT_MODEL = "scoresde.models.mlp.ScoreMLP"  # checkpoints written before "model_class" was recorded
 
 
 class Loaded(NamedTuple):
@@ -73,16 +73,10 @@ def sde_from_config(config: dict, path: Path | str = "<checkpoint>") -> SDE:
 
 
 def _model_class(name: str, path: Path) -> type:
-    module, _, qualname = name.rpartition(".")
-    if not module.startswith("scoresde.") or not qualname:
-        raise CorruptCheckpointError(f"checkpoint {path} names model class {name!r}, which is not part of scoresde")
     try:
-        cls = getattr(importlib.import_module(module), qualname)
-    except (ImportError, AttributeError) as e:
-        raise CorruptCheckpointError(f"checkpoint {path} names model class {name!r}, which does not exist") from e
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise CorruptCheckpointError(f"checkpoint {path} names {name!r}, which is not a model class")
-    return cls
+        return model_class(name, what="model class")
+    except ValueError as e:
+        raise CorruptCheckpointError(f"checkpoint {path}: {e}") from e
 
 
 def model_from_state(state: dict, sde: SDE, path: Path | str = "<checkpoint>") -> nn.Module:
@@ -108,7 +102,7 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: torch.device | st
         ema: load the EMA weights (default; the ones to sample with) or the raw weights.
         device: where the model goes.
 
-    Raises ``FileNotFoundError``, ``scoresde.checkpoints.CheckpointError`` subclasses (corrupt,
+    Raises ``FileNotFoundError``, ``scoresde.training.checkpoints.CheckpointError`` subclasses (corrupt,
     unsafe, or not rebuildable: the message names the file and what is missing).
     """
     if not isinstance(ema, bool):

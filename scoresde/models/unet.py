@@ -1,6 +1,6 @@
 """A small convolutional U-Net backbone for images ``[B, C, H, W]``: ``UNet(x_in, c_noise[, labels])``.
 
-A backbone in the sense of ``scoresde.precond``: no preconditioning of its own; wrap it in
+A backbone in the sense of ``scoresde.models.precond``: no preconditioning of its own; wrap it in
 ``Preconditioned(sde, (C, H, W), backbone=partial(UNet, channels=32))``.  The layout follows DDPM's
 U-Net (Ho et al. 2020, after PixelCNN++) at toy scale, without attention:
 
@@ -24,8 +24,8 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_generator, check_int
-from .nets import GaussianFourierEmbedding
+from .._checks import check_generator, check_int
+from .mlp import GaussianFourierEmbedding
 
 __all__ = ["UNet"]
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_write_with
+from .._io import atomic_write_with
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -205,7 +205,7 @@ def training_state(step, config, model, ema, optimizer, data_gen, noise_gen, los
 
 
 def sde_config(sde) -> dict | None:
-    """What rebuilds ``sde`` (``scoresde.loading``): its class name and constructor values (a DDPM chain: its betas)."""
+    """What rebuilds ``sde`` (``scoresde.training.loading``): its class name and constructor values (a DDPM chain: its betas)."""
     if sde is None:
         return None
     config = {"class": type(sde).__name__}

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import importlib
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checks import append_dims, check_generator, check_in, check_int, check_positive
-from .nets import NullLabel
-from .sdes import SDE
+from .._checks import append_dims, check_generator, check_in, check_int, check_positive
+from ..sdes import SDE
+from .mlp import NullLabel
 
 __all__ = ["PARAMETERIZATIONS", "Preconditioned", "edm_coefficients"]
 
@@ -60,14 +61,33 @@ def edm_coefficients(sde: SDE, t: torch.Tensor, sigma_data: float = 1.0) -> dict
             "c_noise": 0.25 * torch.log(sigma_ve), "c_skip": s2 / (sigma_ve**2 + s2), "c_out": sigma_ve * sigma_data / root}
 
 
-def _backbone_class(path: str) -> type:
-    """The backbone class named ``path``, which must lie inside ``scoresde`` (a checkpoint names no arbitrary code)."""
-    module, _, name = path.rpartition(".")
-    if not module.startswith("scoresde."):
-        raise ValueError(f"`backbone` given by name must be a class inside scoresde (e.g. 'scoresde.unet.UNet'), got {path!r}")
-    cls = getattr(importlib.import_module(module), name, None)
+# Where scoresde 0.1 kept the model classes before the package layout (models/): checkpoints
+# written then name e.g. "scoresde.models.mlp.ScoreMLP" as model_class / backbone.  Read-only.
+MOVED_MODULES = MappingProxyType({
+    "scoresde.nets": "scoresde.models.mlp",
+    "scoresde.precond": "scoresde.models.precond",
+    "scoresde.unet": "scoresde.models.unet",
+})
+
+
+def model_class(path: str, what: str = "`backbone`") -> type:
+    """The ``nn.Module`` class named ``path`` ("module.Class"), which must lie inside ``scoresde``.
+
+    Checkpoints name their model and backbone classes this way; a name outside ``scoresde`` is
+    refused, so a checkpoint cannot run arbitrary code.  Module paths of scoresde 0.1 from before
+    the package layout (``MOVED_MODULES``) are read as their new homes.  Raises ``ValueError``
+    naming ``what``.
+    """
+    module, _, name = str(path).rpartition(".")
+    if not module.startswith("scoresde.") or not name:
+        raise ValueError(f"{what} given by name must be a class inside scoresde (e.g. 'scoresde.models.UNet'), got {path!r}")
+    module = MOVED_MODULES.get(module, module)
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        cls = None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"`backbone` {path!r} does not name an nn.Module class")
+        raise ValueError(f"{what} {path!r} does not name an nn.Module class of scoresde")
     return cls
 
 
@@ -101,7 +121,7 @@ class Preconditioned(NullLabel, nn.Module):
         check_int("num_classes", num_classes, minimum=0)
         self.sigma_data = check_positive("sigma_data", sigma_data)
         if isinstance(backbone, str):  # a checkpoint's model_config (scoresde.load): class path + its config
-            backbone = partial(_backbone_class(backbone), **{k: tuple(v) if isinstance(v, list) else v
+            backbone = partial(model_class(backbone), **{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in (backbone_config or {}).items()
                                                             if k not in ("event_shape", "num_classes")})
         if not isinstance(backbone, nn.Module):

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_generator, check_int, flat_points
-from .toy import GaussianMixture
+from .._checks import check_generator, check_int, flat_points
+from ..data.toy import GaussianMixture
 
 __all__ = ["within_mode_errors", "within_mode_floor", "WITHIN_MODE_SCALARS"]
 
@@ -45,7 +45,7 @@ def _flat(x: Any, d: int) -> torch.Tensor:
 
 def _check_mixture(mixture: Any) -> GaussianMixture:
     if not isinstance(mixture, GaussianMixture):
-        raise TypeError(f"`mixture` must be a scoresde.toy.GaussianMixture, got {type(mixture).__name__}")
+        raise TypeError(f"`mixture` must be a scoresde.data.toy.GaussianMixture, got {type(mixture).__name__}")
     return mixture
 
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_int, check_nonnegative, check_positive, check_probability
-from .sdes import SDE
+from .._checks import check_int, check_nonnegative, check_positive, check_probability
+from ..sdes import SDE
 
 __all__ = ["Adam", "AdamW", "ConstantLR", "WarmupCosine", "UniformTime", "LogNormalSigma", "ImportanceTime"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_int
+from .._checks import check_int
 from .datasets import ToyDataset
 
 __all__ = ["Shapes"]

@@ -20,8 +20,8 @@ from types import MappingProxyType
 
 import torch
 
-from ._checks import check_int, check_positive
-from .sdes import SDE
+from .._checks import check_int, check_positive
+from ..sdes import SDE
 
 __all__ = [
     "GaussianMixture",
