@@ -80,7 +80,8 @@ def model_class(path: str, what: str = "`backbone`") -> type:
     """
     module, _, name = str(path).rpartition(".")
     if not module.startswith("scoresde.") or not name:
-        raise ValueError(f"{what} given by name must be a class inside scoresde (e.g. 'scoresde.models.UNet'), got {path!r}")
+        raise ValueError(f"{what} {path!r} is not part of scoresde: a class given by name must lie inside scoresde "
+                         "(e.g. 'scoresde.models.UNet')")
     module = MOVED_MODULES.get(module, module)
     try:
         cls = getattr(importlib.import_module(module), name, None)
