@@ -23,6 +23,7 @@ __all__ = [
     "check_probability",
     "check_shape",
     "check_generator",
+    "check_device",
     "check_dtype",
     "check_times",
     "trusted_times",
@@ -117,6 +118,20 @@ def check_generator(generator: Any, device: torch.device | str | None = None) ->
             "create it with torch.Generator(device=...)"
         )
     return generator
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """``torch.device(value)`` for a device that can hold samples: CUDA only when it is available, never
+    "meta" (tensors without values).  Raises ``ValueError`` naming ``name`` before any work."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"`{name}` must name a torch device such as 'cpu' or 'cuda', got {value!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={str(value)!r} but CUDA is not available on this machine; use {name}=cpu")
+    if device.type == "meta":
+        raise ValueError(f"`{name}` must be a device with values, such as 'cpu' or 'cuda', got {str(value)!r}")
+    return device
 
 
 def check_dtype(name: str, dtype: Any, *, floating: bool = True) -> torch.dtype:

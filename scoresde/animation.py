@@ -1,8 +1,9 @@
 """A GIF of the reverse process for 2-D data: particles flowing from the prior to the data.
 
-``record_trajectory(sampler, score_fn, sde, n, generator)`` runs a sampler once with a callback that
-keeps the particles after every step (``StepInfo.x``), and ``save_animation(frames, path)`` writes
-them as an animated GIF (matplotlib's ``PillowWriter``; matplotlib and Pillow are imported only
+``TrajectoryRecorder(n)`` is a sampler callback that keeps the first ``n`` particles after every step
+(``StepInfo.x``), so a run that samples anyway (the train app's) records its own trajectory;
+``record_trajectory(sampler, score_fn, sde, n, generator)`` runs a sampler once with one.
+``save_animation(frames, path)`` writes the frames as an animated GIF (matplotlib's ``PillowWriter``; matplotlib and Pillow are imported only
 here, when called).  Frames are evenly spaced over the steps, plus the prior and the final state,
 held for a second at the end; axes are fixed to the final samples' range, so the eye follows
 particles, not a moving frame.
@@ -15,7 +16,45 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["record_trajectory", "save_animation"]
+__all__ = ["TrajectoryRecorder", "record_trajectory", "save_animation"]
+
+
+class TrajectoryRecorder:
+    """Sampler callback: the first ``n`` particles after every step, float64 on the CPU.
+
+    Pass it as ``callback=`` to a sampler's ``run``; then ``finish(result.x)`` adds the final
+    samples when the sampler's last callback came before them (a final denoise outside the step
+    loop), and ``frames()`` picks the frames to show.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.states: list[tuple[float, torch.Tensor]] = []  # (t after the step, x [<= n, *D])
+
+    def __call__(self, info) -> None:
+        self.states.append((float(info.t_next), self._keep(info.x)))
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return x[: self.n].detach().to("cpu", torch.float64).clone()
+
+    def finish(self, x: torch.Tensor) -> None:
+        """Record the run's final samples ``x`` unless the last step already showed them."""
+        final = self._keep(x)
+        if not self.states or not torch.equal(self.states[-1][1], final):
+            self.states.append((0.0, final))
+
+    def frames(self, *, max_frames: int = 60, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> tuple[list[np.ndarray], list[float]]:
+        """(frames, times): at most ``max_frames`` states evenly spaced over the steps (first and last always
+        kept), each mapped by ``transform`` (e.g. ``FileDataset.to_user_units``) to a float64 array."""
+        keep = np.unique(np.linspace(0, len(self.states) - 1, min(max_frames, len(self.states))).round().astype(int))
+        frames, times = [], []
+        for i in keep:
+            t, x = self.states[i]
+            x = transform(x) if transform is not None else x
+            frames.append(x.numpy())
+            times.append(t)
+        return frames, times
 
 
 def record_trajectory(sampler, score_fn, sde, n: int, generator: torch.Generator, *, max_frames: int = 60,
@@ -25,22 +64,9 @@ def record_trajectory(sampler, score_fn, sde, n: int, generator: torch.Generator
     ``transform`` maps particles to the units to show (e.g. ``FileDataset.to_user_units``); at most
     ``max_frames`` frames (first and last always kept).
     """
-    states: list[tuple[float, torch.Tensor]] = []
-
-    def callback(info):
-        states.append((float(info.t_next), info.x.detach().to("cpu", torch.float64).clone()))
-
-    result = sampler.run(score_fn, sde, (n, 2), generator=generator, callback=callback)
-    if not states or not torch.equal(states[-1][1], result.x.detach().to("cpu", torch.float64)):
-        states.append((0.0, result.x.detach().to("cpu", torch.float64)))
-    keep = np.unique(np.linspace(0, len(states) - 1, min(max_frames, len(states))).round().astype(int))
-    frames, times = [], []
-    for i in keep:
-        t, x = states[i]
-        x = transform(x) if transform is not None else x
-        frames.append(x.numpy())
-        times.append(t)
-    return frames, times
+    recorder = TrajectoryRecorder(n)
+    recorder.finish(sampler.run(score_fn, sde, (n, 2), generator=generator, callback=recorder).x)
+    return recorder.frames(max_frames=max_frames, transform=transform)
 
 
 def save_animation(frames: Sequence[np.ndarray], path: str | Path, *, times: Sequence[float] | None = None,

@@ -39,6 +39,9 @@ __all__ = [
     "ve_denoiser_to_score",
     "score_to_ve_denoiser",
     "Bridge",
+    "tweedie",
+    "tweedie_denoise",
+    "edm_coefficients",
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +49,47 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _coeffs(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (append_dims(sde.alpha(t).to(x.dtype), x.ndim), append_dims(sde.sigma(t).to(x.dtype), x.ndim))
+
+
+def tweedie(x: torch.Tensor, score: torch.Tensor, alpha, sigma) -> torch.Tensor:
+    """Tweedie's formula (VP coordinates): x0_hat = E[x_0 | x_t = x] = (x + sigma^2 score) / alpha.
+
+    ``score`` is the score at (x, t); ``alpha``, ``sigma`` are alpha(t), sigma(t) as python floats or
+    as tensors that broadcast against ``x`` (e.g. ``[B]`` through ``append_dims``).  The one place the
+    formula is written: the denoiser bridges, the samplers' final denoise, ``Preconditioned.denoise``.
+    """
+    return (x + sigma**2 * score) / alpha
+
+
+def tweedie_denoise(score: torch.Tensor, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``tweedie`` with alpha(t), sigma(t) taken from the ``[B]`` time tensor ``t`` in ``x``'s dtype."""
+    return tweedie(x, score, *_coeffs(sde, t, x))
+
+
+def edm_coefficients(sde: SDE, t: torch.Tensor, sigma_data: float = 1.0) -> dict[str, torch.Tensor]:
+    """EDM's preconditioning (Karras et al. 2022, Table 1) at times ``t [B]``, all ``[B]`` in ``t``'s dtype.
+
+    In VE-ised coordinates x~ = x / alpha, sigma~ = sigma(t) / alpha(t), with sigma_d = ``sigma_data``:
+
+        c_in = 1 / sqrt(sigma~^2 + sigma_d^2)    c_noise = ln(sigma~) / 4
+        c_skip = sigma_d^2 / (sigma~^2 + sigma_d^2)    c_out = sigma~ sigma_d c_in
+
+    Also ``alpha``, ``sigma``, ``sigma_ve`` = sigma~, and for VP coordinates ``var`` = sigma^2 + alpha^2
+    sigma_d^2 (the variance of x_t for data of std sigma_d), ``c_in_vp`` = 1 / sqrt(var) = c_in / alpha
+    (a network fed c_in x~ is fed c_in_vp x) and ``std_ve`` = sqrt(sigma~^2 + sigma_d^2).  The one
+    place these are computed: ``ScoreMLP`` and ``Preconditioned`` both read them from here.
+    """
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    sigma_ve = sigma / alpha
+    s2 = sigma_data**2
+    var = sigma**2 + alpha**2 * s2
+    var_ve = sigma_ve**2 + s2
+    c_in = torch.rsqrt(var_ve)
+    # std_ve and c_in = 1/std_ve both: Preconditioned's score divides by std_ve, c_out multiplies by c_in
+    # (the arithmetic of the models' outputs so far, kept bit for bit)
+    return {"alpha": alpha, "sigma": sigma, "sigma_ve": sigma_ve, "var": var, "c_in_vp": torch.rsqrt(var),
+            "std_ve": torch.sqrt(var_ve), "c_in": c_in, "c_noise": 0.25 * torch.log(sigma_ve),
+            "c_skip": s2 / var_ve, "c_out": sigma_ve * sigma_data * c_in}
 
 
 @dataclass(frozen=True)
@@ -82,8 +126,7 @@ def _denoiser_to_score(fn, sde, x, t):
 
 
 def _score_to_denoiser(fn, sde, x, t):
-    alpha, sigma = _coeffs(sde, t, x)
-    return (x + sigma**2 * fn(x, t)) / alpha
+    return tweedie_denoise(fn(x, t), sde, x, t)
 
 
 def _ve_eps_to_score(fn, sde, x, t):
@@ -107,7 +150,7 @@ def _score_to_ve_denoiser(fn, sde, x_ve, sigma_ve):
     t = sde.t_from_sigma_ve(sigma_ve)
     alpha, sigma = _coeffs(sde, t, x_ve)
     x = alpha * x_ve
-    return (x + sigma**2 * fn(x, t)) / alpha
+    return tweedie(x, fn(x, t), alpha, sigma)
 
 
 _CONVERSIONS = {
@@ -120,6 +163,11 @@ _CONVERSIONS = {
     "score->ve_eps": _score_to_ve_eps,
     "score->ve_denoiser": _score_to_ve_denoiser,
 }
+
+
+# The public constructors, one per conversion.  They share one shape (``duplicates`` lists them) on
+# purpose: each is a named function with its own signature and its formula in the docstring, which
+# is what a user reads in help() and the docs; the arithmetic is written once, in _CONVERSIONS.
 
 
 def eps_to_score(eps_fn: ModelFn, sde: SDE) -> ScoreFn:

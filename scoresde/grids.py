@@ -22,25 +22,33 @@ lambda = log(alpha/sigma) = -log sigma_ve:
   "linspace" j = round(linspace(0, N - 1, n))[::-1].  On these knots DDIM/DDPM visit exactly
   diffusers' timesteps.
 
-Grid objects (``UniformT``, ``Karras``, ``LogSNR``, ``DDPMSpacing``) are frozen dataclasses called as
-``grid(sde, num_steps) -> ts``; ``resolve_grid`` turns a config name into one; ``check_ts`` validates
-an explicit grid once, at the public boundary.
+* ``FittedGrid``: a grid fitted to one (score, SDE, sampler, num_steps) by ``scoresde.samplers.fitting``
+  (LD3-style learned steps or a GITS-style dynamic programme), stored as its times; saved to and
+  loaded from a small JSON file (``FittedGrid.save`` / ``FittedGrid.load``).
+
+Grid objects (``UniformT``, ``Karras``, ``LogSNR``, ``DDPMSpacing``, ``FittedGrid``) are frozen dataclasses
+called as ``grid(sde, num_steps) -> ts``; ``resolve_grid`` turns a config name (or the path of a fitted
+grid's ``.json`` file) into one; ``check_ts`` validates an explicit grid once, at the public boundary.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 
 from ._checks import check_in, check_int, check_positive
+from ._io import atomic_write
 from .sdes import SDE
 
 __all__ = [
     "uniform_t", "karras", "log_snr", "ddpm_spacing",
-    "Grid", "UniformT", "Karras", "LogSNR", "DDPMSpacing",
+    "Grid", "UniformT", "Karras", "LogSNR", "DDPMSpacing", "FittedGrid",
     "GRID_NAMES", "resolve_grid", "check_ts",
 ]
 
@@ -195,7 +203,82 @@ class DDPMSpacing:
         return ddpm_spacing(sde, num_steps, self.spacing, self.steps_offset)
 
 
-Grid = Union[UniformT, Karras, LogSNR, DDPMSpacing]
+FITTED_FORMAT = "scoresde.FittedGrid"
+
+
+@dataclass(frozen=True)
+class FittedGrid:
+    """A grid fitted to one (score, SDE, sampler, num_steps): its times, and where they came from.
+
+    Built by ``scoresde.samplers.fitting`` (``fit_grid``: LD3-style learned steps; ``dp_grid``: a
+    GITS-style dynamic programme); a value like any other grid: ``Sampler(grid=g)``,
+    ``run(..., ts=g.ts_tensor())``, or ``sampler.grid=<file>.json`` on the command line.
+
+    Fields: ``ts`` the strictly decreasing times (t_0 = T); ``sde`` the ``repr`` of the SDE they
+    were fitted for (calling the grid with another SDE is an error: the same times mean other noise
+    levels there); ``sampler`` the ``repr`` of the sampler it was fitted for (informative);
+    ``method`` "ld3", "dp" or the name of the standard grid it fell back to; ``info`` the fit's
+    record (validation errors, CPU time, seed...; not compared, not hashed).
+    """
+
+    ts: tuple[float, ...]
+    sde: str
+    sampler: str = ""
+    method: str = "ld3"
+    info: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.sde, str) or not self.sde:
+            raise TypeError(f"`sde` must be the repr of the SDE the grid was fitted for, got {self.sde!r}")
+        t = torch.as_tensor(self.ts, dtype=F64)
+        if t.ndim != 1 or t.numel() < 2 or not bool(torch.isfinite(t).all()) or not bool((t[1:] < t[:-1]).all()):
+            raise ValueError(f"`ts` must be a strictly decreasing finite sequence of >= 2 times, got {list(self.ts)}")
+        object.__setattr__(self, "ts", tuple(float(v) for v in self.ts))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.ts)
+
+    def ts_tensor(self) -> torch.Tensor:
+        """The times as a float64 CPU tensor ``[num_steps]``."""
+        return torch.tensor(self.ts, dtype=F64)
+
+    def __call__(self, sde: SDE, num_steps: int) -> torch.Tensor:
+        check_int("num_steps", num_steps)
+        if repr(sde) != self.sde:
+            raise ValueError(f"this fitted grid was fitted for sde {self.sde}, not {sde!r}; refit it for this SDE")
+        if num_steps != self.num_steps:
+            raise ValueError(
+                f"this fitted grid has {self.num_steps} times, but `num_steps` = {num_steps}: set num_steps="
+                f"{self.num_steps} or refit the grid for {num_steps} steps"
+            )
+        return check_ts(self.ts_tensor(), sde, "fitted grid")
+
+    def to_dict(self) -> dict:
+        return {"format": FITTED_FORMAT, "version": 1, "ts": list(self.ts), "sde": self.sde,
+                "sampler": self.sampler, "method": self.method, "info": self.info}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the grid as JSON (atomically); floats are written exactly (``repr`` round trip)."""
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        return atomic_write(path, text.encode())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FittedGrid":
+        """Read a grid written by ``save``; a clear error for a missing or foreign file."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"fitted grid file {path} does not exist (write one with scoresde-fit-grid)")
+        try:
+            d = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a fitted grid file (not JSON: {e})") from e
+        if not isinstance(d, dict) or d.get("format") != FITTED_FORMAT:
+            raise ValueError(f"{path} is not a fitted grid file (no \"format\": \"{FITTED_FORMAT}\")")
+        return cls(tuple(d["ts"]), d["sde"], d.get("sampler", ""), d.get("method", ""), d.get("info", {}))
+
+
+Grid = Union[UniformT, Karras, LogSNR, DDPMSpacing, FittedGrid]
 
 GRID_NAMES = {
     "uniform": UniformT(),
@@ -208,9 +291,14 @@ GRID_NAMES = {
 
 
 def resolve_grid(grid) -> "Grid":
-    """A grid name (one of ``GRID_NAMES``) or a grid object (any callable ``grid(sde, num_steps) -> ts``)."""
+    """A grid name (one of ``GRID_NAMES``), the path of a fitted grid's ``.json`` file
+    (``FittedGrid.load``), or a grid object (any callable ``grid(sde, num_steps) -> ts``)."""
+    if isinstance(grid, os.PathLike) or isinstance(grid, str) and grid.endswith(".json"):
+        return FittedGrid.load(grid)
     if isinstance(grid, str):
-        check_in("grid", grid, tuple(GRID_NAMES))
+        if grid not in GRID_NAMES:
+            raise ValueError(f"`grid` must be one of {list(GRID_NAMES)} or the path of a fitted grid (.json), "
+                             f"got {grid!r}")
         return GRID_NAMES[grid]
     if callable(grid):
         return grid

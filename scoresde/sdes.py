@@ -165,8 +165,13 @@ class SDE(abc.ABC):
         check_times(name, t, self.t_min, self.T, interval="[t_min, T] = ")
 
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean alpha(t) x0 (shape of ``x0``) and std sigma(t) (shape ``[B]``) of p_t(x | x0)."""
-        self.check_time(t)
+        """Mean alpha(t) x0 (shape of ``x0``) and std sigma(t) (shape ``[B]``) of p_t(x | x0).
+
+        ``t`` is range-checked once by the method's wrapper (not inside ``trusted_times()``); here
+        only its shape, which costs no host synchronisation.
+        """
+        if not torch.is_tensor(t) or t.ndim != 1:
+            raise ValueError(f"`t` must be a 1-D tensor of shape [B], got {t!r}")
         return append_dims(self.alpha(t).to(x0.dtype), x0.ndim) * x0, self.sigma(t).to(x0.dtype)
 
     def perturb(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,9 @@ import torch
 
 _THREADS = pytest.StashKey[int]()
 
+# tests/mutation/ holds the mutation-check harness (issue 20), run on its own, never collected.
+collect_ignore = ["mutation"]
+
 
 def pytest_configure(config):
     """Read SCORESDE_TEST_THREADS once; a bad value stops the run before collection."""

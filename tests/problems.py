@@ -228,3 +228,23 @@ def to_np(v: torch.Tensor) -> np.ndarray:
 
 def t64(v) -> torch.Tensor:
     return torch.as_tensor(np.asarray(v), dtype=torch.float64)
+
+
+# -- standardised moment errors ----------------------------------------------------------------------
+
+
+def whitened_moment_errors(mean_hat: torch.Tensor, cov_hat: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
+                           m: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Errors of a sample mean and covariance of ``m`` draws from N(mean, cov), each in its own standard errors.
+
+    With L L^T = cov: sqrt(m) L^-1 (mean_hat - mean) ~ N(0, I), and W = L^-1 cov_hat L^-T - I (Wishart) has
+    standard errors sqrt(2/m) on the diagonal and sqrt(1/m) off it, so every axis counts the same (a
+    Frobenius norm of cov_hat - cov is dominated by the major axis).  Returns (mean z [d], W / se [d, d]).
+    """
+    d = mean.shape[0]
+    chol = torch.linalg.cholesky(cov)
+    z = math.sqrt(m) * torch.linalg.solve_triangular(chol, (mean_hat - mean)[:, None], upper=False)[:, 0]
+    white = torch.linalg.solve_triangular(chol, torch.linalg.solve_triangular(chol, cov_hat, upper=False).T, upper=False)
+    eye = torch.eye(d, dtype=cov.dtype)
+    se = (math.sqrt(1 / m) * (1 - eye) + math.sqrt(2 / m) * eye)
+    return z, (white - eye) / se

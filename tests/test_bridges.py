@@ -312,3 +312,46 @@ def test_bridge_object_is_a_frozen_picklable_value():
     assert "eps->score" in repr(b)
     kinds = {f(wiggly, sde).kind for f in ALL_BRIDGES}
     assert len(kinds) == 8 and set(bridges.__all__) >= {f.__name__ for f in ALL_BRIDGES}
+
+
+# -- Tweedie's formula and EDM's coefficients, written once here --------------------------------------------------
+
+
+@MAIN
+def test_tweedie_is_the_exact_gaussian_posterior_mean(sde_name):
+    """``tweedie`` (float or tensor coefficients) and ``tweedie_denoise`` (from the [B] time tensor) turn the
+    exact score of N(mu, s^2 I) into its exact posterior mean E[x_0 | x_t]; the bound is the float64
+    evaluation error amplified by sigma^2 / alpha as in the denoiser round trips."""
+    sde = make_sde(sde_name)
+    t = time_grid(sde, 21)
+    tt, x = t64(t), _gaussian_points(sde, t, seed=3)
+    score, _, x0_hat, _, _ = _gaussian_fns(sde)
+    expected = x0_hat(x, tt)
+    s = score(x, tt)
+    alpha, sigma = t64(exact_alpha(sde, t))[:, None], t64(exact_sigma(sde, t))[:, None]
+    torch.testing.assert_close(bridges.tweedie_denoise(s, sde, x, tt), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bridges.tweedie(x, s, alpha, sigma), expected, rtol=1e-12, atol=1e-12)
+    for i in (0, len(t) // 2, len(t) - 1):  # python-float coefficients (the samplers' grid values)
+        torch.testing.assert_close(bridges.tweedie(x[i], s[i], float(alpha[i]), float(sigma[i])), expected[i],
+                                   rtol=1e-12, atol=1e-12)
+
+
+@MAIN
+@pytest.mark.parametrize("sigma_data", [1.0, 0.5])
+def test_edm_coefficients_are_table_1_in_both_coordinates(sde_name, sigma_data):
+    """Karras et al. 2022 Table 1 at sigma~ = sigma/alpha, and the VP-coordinate forms: var = sigma^2 +
+    alpha^2 sigma_d^2, c_in_vp = c_in / alpha (so c_in_vp x = c_in x~), std_ve = 1 / c_in; written out
+    from exact_alpha / exact_sigma in numpy, to a few float64 roundings."""
+    sde = make_sde(sde_name)
+    t = time_grid(sde, 21)
+    c = bridges.edm_coefficients(sde, t64(t), sigma_data)
+    a, s = exact_alpha(sde, t), exact_sigma(sde, t)
+    sv, s2 = s / a, sigma_data**2
+    expected = {
+        "alpha": a, "sigma": s, "sigma_ve": sv, "c_in": 1 / np.sqrt(sv**2 + s2), "c_noise": np.log(sv) / 4,
+        "c_skip": s2 / (sv**2 + s2), "c_out": sv * sigma_data / np.sqrt(sv**2 + s2),
+        "var": s**2 + a**2 * s2, "c_in_vp": 1 / (a * np.sqrt(sv**2 + s2)), "std_ve": np.sqrt(sv**2 + s2),
+    }
+    assert set(c) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(to_np(c[name]), value, rtol=1e-12, atol=0, err_msg=name)

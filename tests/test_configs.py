@@ -32,6 +32,7 @@ GROUPS = ("data", "sde", "model", "sampler", "train")
 # the sampler options are derived (one source: conf/sampler/*.yaml and scoresde.samplers' exports)
 SAMPLERS = tuple(sampler_registry.yaml_names())
 MIXTURES = ("eight_gaussians", "grid_gaussians", "ncsn_two_modes", "anisotropic_mixture")
+IMAGE_DATA = ("image_folder", "torchvision", "digits")  # need files / scikit-learn: tests/test_image_data.py builds them
 
 
 def options(group: str) -> list[str]:
@@ -90,11 +91,11 @@ def test_sampler_yamls_and_exported_sampler_classes_correspond():
 def test_groups_hold_the_expected_options():
     assert {"ve", "vp", "subvp", "ddpm"} == set(options("sde"))
     assert set(MIXTURES) | {"swiss_roll", "two_moons", "circles", "pinwheel", "two_spirals", "checkerboard",
-                            "file", "shapes"} == set(options("data"))
-    assert {"mlp", "mlp_score", "mlp_denoiser", "precond_mlp", "unet"} == set(options("model"))
+                            "file", "shapes", *IMAGE_DATA} == set(options("data"))
+    assert {"mlp", "mlp_score", "mlp_denoiser", "precond_mlp", "unet", "unet_mnist", "ddpmpp_cifar10"} == set(options("model"))
     assert {"default", "long", "smoke"} <= set(options("train"))
     assert {"none", "cfg", "classifier", "exact"} == set(options("guidance"))
-    assert {"none", "pf_ode"} == set(options("likelihood"))
+    assert {"none", "pf_ode", "elbo"} == set(options("likelihood"))
 
 
 @pytest.mark.parametrize("option", options("guidance"))
@@ -167,7 +168,11 @@ def test_every_option_composes_instantiates_and_names_its_target(group, option, 
     if (group, option) == ("data", "file"):  # data=file needs data.path (tests/test_data_files.py covers it)
         np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(20, 2)))
         node = compose("train", overrides=["data=file", f"data.path={tmp_path / 'points.npy'}"]).data
+    if (group, option) == ("data", "image_folder"):  # needs data.path (an empty folder: not instantiated here)
+        node = compose("train", overrides=["data=image_folder", f"data.path={tmp_path}"]).data
     assert _nodes_without_target(node) == []
+    if group == "data" and option in IMAGE_DATA:
+        return
     obj = instantiate(node, _convert_="all")
     if group == "sampler":
         assert isinstance(obj, samplers.Sampler)
@@ -178,9 +183,10 @@ def test_every_option_composes_instantiates_and_names_its_target(group, option, 
         assert obj.sample(8, torch.Generator().manual_seed(0)).shape == (8, *obj.event_shape)
         assert isinstance(obj, MixtureDataset) == (option in MIXTURES)
     elif group == "model":
-        shape = (1, 8, 8) if option == "unet" else (2,)  # the U-Net backbone takes images [B, C, H, W]
+        images = ("unet", "unet_mnist", "ddpmpp_cifar10")  # the U-Net backbone takes images [B, C, H, W]
+        shape = (1, 8, 8) if option == "unet" else (1, 16, 16) if option in images else (2,)
         model = obj(sdes.VPSDE(), shape, generator=torch.Generator().manual_seed(0))
-        assert isinstance(model, (Preconditioned if option in ("precond_mlp", "unet") else ScoreMLP))
+        assert isinstance(model, (Preconditioned if option in ("precond_mlp", *images) else ScoreMLP))
         x, t = torch.randn(4, *shape), torch.full((4,), 0.5)
         assert model.score_fn(x, t).shape == (4, *shape)
     else:
@@ -313,7 +319,7 @@ def test_grid_is_config_selectable_on_every_fixed_step_sampler():
         instantiate(cfg.sampler)
 
 
-BUILT_IN_DATA = [o for o in options("data") if o not in ("file", "shapes")]
+BUILT_IN_DATA = [o for o in options("data") if o not in ("file", "shapes", *IMAGE_DATA)]
 
 
 @pytest.mark.parametrize("name", BUILT_IN_DATA)

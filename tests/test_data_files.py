@@ -142,7 +142,7 @@ def test_train_from_command_line_in_user_units(tmp_path):
     path = tmp_path / "points.npy"
     np.save(path, x)
     out = tmp_path / "run"
-    run_app(train_app, "data=file", f"data.path={path}",
+    run_app(train_app, "data=file", f"data.path={path}", "auto=false", "data.validation=0",  # the plain run (issue 21)
             "sampler=ode_heun", "train.num_steps=1500", "num_samples=2000", "eval.repeats=2",
             "eval.num_projections=64", f"hydra.run.dir={out}")
     samples = np.load(out / "samples.npz")["samples"].astype(np.float64)

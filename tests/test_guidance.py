@@ -279,3 +279,40 @@ def test_bad_labels_and_scales_raise():
         train_classifier(NoisyClassifier(sde, 2, 8), torch.zeros(10, 2), sde, num_steps=1)
     with pytest.raises(ValueError, match="num_classes"):
         NoisyClassifier(sde, 2, 1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mixture_classifier_and_conditional_score_match_scipy(target):
+    """The exact classifier log p_t(k | x) and conditional score against an independent computation (issue 20,
+    item 8: the old check compared softmax with exp(log_softmax) of the same function): scipy's
+    multivariate-normal log densities of the perturbed components N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I),
+    alpha and sigma from the closed forms of tests/problems.py, normalised by logsumexp; the score of
+    component k is C_k^-1 (alpha mu_k - x).  float64 round-off only (bounds 1e-8 relative)."""
+    import numpy as np
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from problems import exact_alpha, exact_sigma, perturbed_mixture_params, to_np
+
+    mixture, sde = TARGETS[target](), VPSDE()
+    weights, means, covs = to_np(mixture.weights), to_np(mixture.means), to_np(mixture.covs)
+    x = _inputs(200, seed=3)
+    xn = to_np(x)
+    labels = torch.arange(200) % mixture.num_components
+    for t in (1e-3, 0.05, 0.3, 0.7):
+        a, s = float(exact_alpha(sde, t)), float(exact_sigma(sde, t))
+        w, m_t, c_t = perturbed_mixture_params(weights, means, covs, a, s)
+        comps = np.stack([np.log(w[k]) + multivariate_normal(m_t[k], c_t[k]).logpdf(xn) for k in range(len(w))], 1)
+        expected = comps - logsumexp(comps, axis=1, keepdims=True)
+        tb = torch.full((200,), t, dtype=F64)
+        got = to_np(MixtureClassifier(mixture, sde)(x, tb))
+        np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
+        cond = to_np(MixtureConditionalScore(mixture, sde)(x, tb, labels))
+        want = np.stack([np.linalg.solve(c_t[k], m_t[k] - xn[i]) for i, k in enumerate(labels.tolist())])
+        np.testing.assert_allclose(cond, want, rtol=1e-8, atol=1e-10)
+        # classifier guidance at w = 2.5 with the exact classifier: s + w (s(.|k) - s), the unconditional score
+        # s = sum_k p(k | x) C_k^-1 (alpha mu_k - x) from the same scipy posterior
+        per_comp = np.stack([np.linalg.solve(c_t[k], (m_t[k] - xn).T).T for k in range(len(w))], 1)  # [B, K, d]
+        uncond = (np.exp(expected)[..., None] * per_comp).sum(1)
+        guided = ClassifierGuidance(mixture.score_fn(sde), MixtureClassifier(mixture, sde), labels, 2.5)(x, tb)
+        np.testing.assert_allclose(to_np(guided), uncond + 2.5 * (want - uncond), rtol=1e-7, atol=1e-8)

@@ -20,7 +20,7 @@ PACKAGE = Path(scoresde.__file__).resolve().parent
 LAYERS = {
     "_checks": 0, "_io": 0,
     "sdes": 1, "bridges": 1, "grids": 1, "integrators": 1,
-    "samplers": 2, "models": 2, "data": 2, "likelihood": 2,
+    "samplers": 2, "models": 2, "data": 2, "likelihood": 2, "elbo": 2,
     "evaluation": 3, "guidance": 3, "plotting": 3, "animation": 3,
     "training": 4,
     "apps": 5,

@@ -200,3 +200,63 @@ def test_validation():
         DSMLoss(sde)(score, torch.zeros(4), gen())
     with pytest.raises(TypeError, match="`generator` must be a torch.Generator"):
         DSMLoss(sde)(score, x0, 123)
+
+
+# -- importance-sampled times (issue 20, item 6) ------------------------------------------------------
+
+def _vp_likelihood_normaliser(sde: VPSDE, lo: float, hi: float) -> float:
+    """int_lo^hi g^2/sigma^2 dt for VP in closed form: g^2/sigma^2 = beta/(1 - e^-B), B(t) = int_0^t beta,
+    whose antiderivative is log(e^B - 1) (= B + log(-expm1(-B)))."""
+
+    def anti(t):
+        b = sde.beta_min * t + 0.5 * t**2 * (sde.beta_max - sde.beta_min)
+        return b + math.log(-math.expm1(-b))
+
+    return anti(hi) - anti(lo)
+
+
+def test_importance_weighted_loss_is_the_likelihood_loss_times_the_weight_and_unbiased():
+    """DSMLoss("likelihood", ImportanceTime()) at its drawn t is the likelihood-weighted loss at that t times
+    the importance weight 1/(q(t)(T - t_min)), q = (g^2/sigma^2)/Z (Song, Durkan, Murray & Ermon 2021,
+    Sec. 5), so per sample it is Z/(T - t_min) ||sigma s + z||^2: Z in closed form for VP.
+
+    Unbiasedness: with the exact score of N(0, s0^2 I) (d = 2, s0 = 0.5), E||sigma s* + z||^2 =
+    d alpha^2 s0^2/(alpha^2 s0^2 + sigma^2) (module docstring), so the uniform-time objective is
+    (1/(T - t_min)) int lambda(t) (that) dt by quadrature.  The mean of n = 20 000 importance-weighted
+    losses and of n uniform-time losses each lie within 5 standard errors (sample sd / sqrt(n)) of
+    it: a false-failure rate of 2 x 5.7e-7.  The weight's table (piecewise-constant q on 4096 knots)
+    matches the closed form to 0.5 % (measured max 0.28 %)."""
+    from scoresde.training.recipes import ImportanceTime
+
+    sde, s0, d, n = VPSDE(), 0.5, 2, 20_000
+    lo, hi = sde.t_min, sde.T
+    z_norm = _vp_likelihood_normaliser(sde, lo, hi)
+    target = gaussian(d, s0)
+    score = target.score_fn(sde)
+    x0 = target.sample(n, gen(7), dtype=torch.float64)
+    importance = DSMLoss(sde, weighting="likelihood", time_sampler=ImportanceTime())
+    got = importance(score, x0, gen(8))
+    # the same draws, replayed: t first, then z, from the same generator state
+    g = gen(8)
+    t = ImportanceTime().sample(sde, n, g, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    weight = ImportanceTime().importance_weight(sde, t)
+    torch.testing.assert_close(got, DSMLoss(sde, weighting="likelihood")(score, x0, t=t, z=z) * weight,
+                               rtol=1e-12, atol=0)
+    g2_over_s2 = (sde.diffusion(t) / sde.sigma(t)) ** 2
+    torch.testing.assert_close(weight, z_norm / ((hi - lo) * g2_over_s2), rtol=5e-3, atol=0)
+    plain = DSMLoss(sde)(score, x0, t=t, z=z)
+    torch.testing.assert_close(got, z_norm / (hi - lo) * plain, rtol=5e-3, atol=0)
+
+    def integrand(tt):
+        a2 = math.exp(-(sde.beta_min * tt + 0.5 * tt**2 * (sde.beta_max - sde.beta_min)))
+        beta = sde.beta_min + tt * (sde.beta_max - sde.beta_min)
+        return beta / (1 - a2) * d * a2 * s0**2 / (a2 * s0**2 + 1 - a2)
+
+    exact = quad(integrand, lo, hi, limit=200, points=[1e-3, 1e-2, 0.1])[0] / (hi - lo)
+    uniform = DSMLoss(sde, weighting="likelihood")(score, x0, gen(9))
+    for name, values in (("importance", got), ("uniform", uniform)):
+        se = float(values.std()) / math.sqrt(n)
+        assert abs(float(values.mean()) - exact) < 5 * se, (name, float(values.mean()), exact, se)
+    # importance sampling is the point: the weighted loss has a smaller spread than the uniform one
+    assert float(got.std()) < float(uniform.std())

@@ -210,3 +210,49 @@ def test_input_shape_validation():
         model(torch.randn(2, 3, 8, 8), torch.rand(3))
     with pytest.raises(TypeError, match="`sde` must be"):
         ScoreMLP("vp")
+
+
+def test_backbone_weights_are_those_of_the_shared_initialiser_and_unchanged():
+    """``MLPBackbone`` and ``UNet`` share ``models.mlp.init_weights``: PyTorch's default scheme drawn from the
+    generator once, in module order, after the Fourier frequencies.  Checked against the scheme written
+    out with ``torch.rand`` (equal to one float32 rounding) and against checksums of the weights that
+    scoresde 5ecdb6e (before the shared initialiser) drew with the same seed."""
+    from scoresde.models.mlp import MLPBackbone
+
+    net = MLPBackbone((2,), width=16, num_classes=3, input_features=4, generator=gen(3))
+    g = gen(3)
+    torch.randn(net.embed.freqs.numel(), generator=g)  # noise-embedding frequencies, then input features
+    torch.randn(net.input_freqs.shape, generator=g)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            b = 1 / m.in_features**0.5
+            torch.testing.assert_close(m.weight, torch.rand(m.weight.shape, generator=g) * 2 * b - b, rtol=0, atol=1e-7)
+            torch.testing.assert_close(m.bias, torch.rand(m.bias.shape, generator=g) * 2 * b - b, rtol=0, atol=1e-7)
+        elif isinstance(m, torch.nn.Embedding):
+            torch.testing.assert_close(m.weight, torch.randn(m.weight.shape, generator=g), rtol=0, atol=0)
+    flat = torch.cat([p.detach().double().flatten() for p in net.state_dict().values()])
+    assert flat.numel() == 2374
+    assert flat.sum().item() == pytest.approx(47.53752681100741, rel=1e-12)
+    assert (flat * torch.arange(flat.numel(), dtype=torch.float64)).sum().item() == pytest.approx(13652.087090529501, rel=1e-12)
+
+
+@pytest.mark.parametrize("kw, expected", [
+    # time embedding MLP emb -> width -> width: (emb w + w) + (w w + w); input Linear(d + features -> w);
+    # depth residual Linear(w -> w); output Linear(w -> d); label embedding (classes + 1) x w
+    (dict(), (64 * 128 + 128) + (128 * 128 + 128) + (2 * 128 + 128) + 3 * (128 * 128 + 128) + (128 * 2 + 2)),  # 75 010
+    (dict(width=32, depth=0), (64 * 32 + 32) + (32 * 32 + 32) + (2 * 32 + 32) + (32 * 2 + 2)),  # 3 298
+    (dict(width=64, depth=5, embedding_dim=16, num_classes=10),
+     (16 * 64 + 64) + (64 * 64 + 64) + (2 * 64 + 64) + 5 * (64 * 64 + 64) + (64 * 2 + 2) + 11 * 64),  # 27 074
+    (dict(event_shape=(3, 8, 8)),
+     (64 * 128 + 128) + (128 * 128 + 128) + (192 * 128 + 128) + 3 * (128 * 128 + 128) + (128 * 192 + 192)),  # 123 840
+    (dict(input_features=64),  # the Fourier features' frequencies are fixed (a buffer), their 64 outputs feed the input layer
+     (64 * 128 + 128) + (128 * 128 + 128) + ((2 + 64) * 128 + 128) + 3 * (128 * 128 + 128) + (128 * 2 + 2)),  # 83 202
+])
+def test_parameter_count_by_hand(kw, expected):
+    """The trainable parameters layer by layer (issue 20, item 8: the old test compared with the library's own
+    ``parameter_count``), and ``parameter_count`` agrees."""
+    kw = dict(kw)
+    event_shape = kw.pop("event_shape", (2,))
+    model = ScoreMLP(VPSDE(), event_shape, generator=gen(), **kw)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    assert ScoreMLP.parameter_count(math.prod(event_shape), **kw) == expected

@@ -192,3 +192,32 @@ def test_checkpoint_of_a_preconditioned_model_loads(tmp_path, backbone_kw):
         torch.testing.assert_close(loaded.model.backbone.input_freqs, model.backbone.input_freqs, rtol=0, atol=0)
     with pytest.raises(ValueError, match="inside scoresde"):
         Preconditioned(VPSDE(), (2,), backbone="os.system")
+
+
+# -- one source of the EDM coefficients (issue 16) ---------------------------------------------------------------
+
+
+def test_scoremlp_and_preconditioned_read_the_coefficients_from_bridges():
+    """``edm_coefficients`` lives in ``scoresde.bridges`` (maths, below models/); precond re-exports it."""
+    from scoresde import bridges
+
+    assert edm_coefficients is bridges.edm_coefficients
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("sigma_data", [1.0, 0.5])
+def test_scoremlp_denoiser_is_preconditioned_mlp_denoiser(sde_name, sigma_data):
+    """With the same weights, ``ScoreMLP(parameterization="denoiser", data_std=s)`` is
+    ``Preconditioned(MLPBackbone, "denoiser", sigma_data=s)``: the same network output D and score,
+    to float64 rounding (the two multiply c_skip and 1/alpha in another order; the score of the
+    latter is the cancellation-free form, which differs from Tweedie's inverse by a few ulps of x/sigma^2)."""
+    sde = SDES[sde_name]
+    x, t = inputs(sde)
+    legacy = ScoreMLP(sde, (2,), width=16, depth=2, parameterization="denoiser", data_std=sigma_data,
+                      generator=torch.Generator().manual_seed(4)).double()
+    model = Preconditioned(sde, (2,), backbone=partial(MLPBackbone, width=16, depth=2), parameterization="denoiser",
+                           sigma_data=sigma_data, generator=torch.Generator().manual_seed(4)).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), legacy(x, t), rtol=1e-13, atol=1e-13)
+        scale = (x.abs() / sde.sigma(t)[:, None] ** 2).max()
+        torch.testing.assert_close(model.score_fn(x, t), legacy.score_fn(x, t), rtol=1e-12, atol=float(1e-13 * scale))

@@ -267,7 +267,7 @@ def test_null_label_loss_trains_the_null_label_every_step(null_label_loss):
         TrainConfig(null_label_loss="yes")
 
 
-@pytest.mark.slow
+# Default run (issue 20): CI installs the .[test] extra, which brings the Optuna sweeper, so this runs there.
 def test_optuna_preset_runs_a_six_trial_study(tmp_path):
     """hparams_search=pc_snr: 6 Optuna trials of the exact-score sampler app (needs the .[optuna] extra)."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -309,3 +309,20 @@ def test_experiment_moons_fast_writes_csv_log_and_animation(tmp_path):
     rows = (tmp_path / "train_log.csv").read_text().splitlines()
     assert rows[0] == "step,loss,lr" and len(rows) == 31
     assert (tmp_path / "animation.gif").stat().st_size > 0
+
+
+def test_cosine_schedule_in_the_csv_log_is_the_closed_form(tmp_path):
+    """The learning rates a run logs, against the schedule written out (issue 20, item 8: the old test compared
+    with ``WarmupCosine`` itself): lr_k = 1e-2 (k + 1)/5 for k < 5, then 1e-2 (1 + cos(pi (k - 5)/19))/2,
+    reaching 0 at the last step k = 24; with min_factor 0.2 the floor is 2e-3 and the midpoint k = 14.5
+    would be 0.6."""
+    log = tmp_path / "log.csv"
+    train(tiny(), TwoMoons(), TrainConfig(num_steps=25, batch_size=16, check_every=10),
+          optimizer=AdamW(lr=1e-2), lr_schedule=WarmupCosine(warmup_steps=5), log_file=log)
+    lrs = [float(r.split(",")[2]) for r in log.read_text().splitlines()[1:]]
+    expected = [1e-2 * (k + 1) / 5 if k < 5 else 1e-2 * 0.5 * (1 + math.cos(math.pi * (k - 5) / 19)) for k in range(25)]
+    assert lrs == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    assert lrs[4] == pytest.approx(1e-2) and lrs[24] == pytest.approx(0.0, abs=1e-12)
+    w = WarmupCosine(warmup_steps=5, min_factor=0.2)
+    assert [w(k, 25) for k in (0, 4, 5, 24)] == pytest.approx([0.2, 1.0, 1.0, 0.2])
+    assert w(14.5, 25) == pytest.approx(0.6)

@@ -66,12 +66,12 @@ def test_item1_periodic_checkpoint_by_wall_time(tmp_path):
     config = TrainConfig(num_steps=6, batch_size=8, checkpoint_every=0, checkpoint_seconds=1e-9,
                          checkpoint_dir=str(tmp_path))
     saved = []
-    original = scoresde.training.loop.save_checkpoint
+    original = scoresde.training.callbacks.save_checkpoint
     try:
-        scoresde.training.loop.save_checkpoint = lambda state, path: saved.append(state["step"]) or original(state, path)
+        scoresde.training.callbacks.save_checkpoint = lambda state, path: saved.append(state["step"]) or original(state, path)
         train(tiny_model(), DATA, config)
     finally:
-        scoresde.training.loop.save_checkpoint = original
+        scoresde.training.callbacks.save_checkpoint = original
     assert saved == [1, 2, 3, 4, 5, 6]
 
 

@@ -303,3 +303,67 @@ def test_seeds_are_checked():
         DDIM(num_steps=3).sample(score, sde, (2, 2), seeds=[0, -1])
     with pytest.raises(ValueError, match="seeds"):
         DDIM(num_steps=3).sample(score, sde, (2, 2), seeds=[0, 1], generator=torch.Generator())
+
+
+# -- issue 16: the samplers' public boundary, and each step written once ----------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("sampler", [DDIM(num_steps=4), Langevin(num_steps=3), ProbabilityFlowODE(rtol=1e-3, atol=1e-3)],
+                         ids=["fixed-grid", "langevin", "scipy"])
+def test_cuda_device_without_cuda_and_meta_inputs_are_refused_up_front(sampler):
+    """``device="cuda"`` on a machine without CUDA, the meta device, and an ``x_init`` on the meta device
+    (a shape without values) raise a ValueError naming the argument before any score evaluation."""
+    sde, score = VPSDE(), _Counting()
+    for device in ("cuda", torch.device("cuda:0")):
+        with pytest.raises(ValueError, match=r"device='cuda(:0)?' but CUDA is not available"):
+            sampler.run(score, sde, (4, 2), device=device)
+    with pytest.raises(ValueError, match="`device` must be a device with values"):
+        sampler.run(score, sde, (4, 2), device="meta")
+    with pytest.raises(ValueError, match="`device` must name a torch device"):
+        sampler.run(score, sde, (4, 2), device="gpu0")
+    with pytest.raises(ValueError, match="`x_init` is on the meta device"):
+        sampler.run(score, sde, x_init=torch.empty(4, 2, device="meta"))
+    assert score.calls == 0
+
+
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE()], ids=["ve", "vp"])
+def test_edm_heun_step_without_churn_is_the_pf_ode_heun_step(sde):
+    """EDMHeun's step is ``ode.pf_ode_step(..., "heun")`` started from its (churned) point: without churn
+    the two give the same x at ts[i+1] (bit for bit under VE, alpha = 1; to float64 rounding under VP,
+    where EDM scores x itself and the ODE alpha (x / alpha))."""
+    from scoresde.grids import karras
+    from scoresde.samplers.base import CountedScore, StepContext
+    from scoresde.samplers.ode import pf_ode_step
+
+    score = eight_gaussians().score_fn(sde)
+    ts = karras(sde, 8).double()
+    ctx = StepContext(CountedScore(score), sde, ts, torch.Generator().manual_seed(0))
+    x = sde.prior_sample((16, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+    for i in range(len(ts) - 1):
+        edm, _ = EDMHeun(num_steps=8).step(ctx, x, i)
+        ode = pf_ode_step(ctx, x, i, "heun")
+        if isinstance(sde, VESDE):
+            assert torch.equal(edm, ode)
+        else:
+            torch.testing.assert_close(edm, ode, rtol=1e-12, atol=1e-12)
+        x = edm
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_two_tweedie_final_steps_agree_to_round_off(dtype):
+    """``FixedGridSampler.final_step`` takes Tweedie's alpha, sigma from the float64 grid values or (the PC
+    family, ``final_from_time_tensor``) from the [B] time tensor in x's dtype: the same formula, so the
+    samples agree to a few roundings of x's dtype (float32: t itself is rounded, ~1e-7 relative)."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class GridFinalDDIM(DDIM):
+        final_from_time_tensor = False
+
+    sde = VPSDE()
+    score = eight_gaussians().score_fn(sde)
+    a = DDIM(num_steps=12).sample(score, sde, (256, 2), generator=torch.Generator().manual_seed(5), dtype=dtype)
+    b = GridFinalDDIM(num_steps=12).sample(score, sde, (256, 2), generator=torch.Generator().manual_seed(5), dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)

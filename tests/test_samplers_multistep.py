@@ -19,7 +19,7 @@ from scoresde import grids, toy
 from scoresde.samplers import DDIM, DPMSolverPP, UniPC
 from scoresde.sdes import VESDE, VPSDE
 
-from problems import MAIN_SDES, exact_alpha, exact_sigma, gaussian_edm_denoiser, make_sde, t64, to_np
+from problems import MAIN_SDES, exact_alpha, exact_sigma, gaussian_edm_denoiser, make_sde, t64, to_np, whitened_moment_errors
 
 F64 = torch.float64
 MU, S = 0.7, 0.5  # the Gaussian target N(MU, S^2 I)
@@ -272,23 +272,32 @@ def _weighted_moments(x: torch.Tensor, mixture):
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 @pytest.mark.parametrize("order", [2, 3])
 def test_dpmpp_sde_samples_a_gaussian_mixture(sde_name, order):
-    """eta = 1 from the exact p_T, 50 steps, n = 4000: weights, within-mode means and covariances within
-    5 standard errors of sampling noise (measured bias at n = 20 000 is below 2 standard errors there)."""
-    sde, mixture, n = make_sde(sde_name), toy.anisotropic_mixture(), 4000
+    """eta = 1 from the exact p_T, 50 steps, n = 20 000: mode weights, within-mode means and
+    covariances within 5 standard errors of sampling noise.
+
+    Each statistic is standardised by its own standard error, so a thin axis counts as much as a
+    major one (issue 20, item 4: a Frobenius norm of C_hat - C let a doubled minor-axis std pass):
+    weight (r_k - w_k) / sqrt(w (1 - w) / n); mean sqrt(m) L^-1 (m_hat - mu) ~ N(0, I); covariance
+    W = L^-1 C_hat L^-T - I with its Wishart standard errors sqrt(2/m) (diagonal), sqrt(1/m)
+    (off-diagonal), m = n w_k draws, L L^T = C_k.  Measured at n = 20 000 with seeds 3 and 4 on
+    both SDEs and orders: |z| <= 3.4 over the 18 statistics per run (a small positive covariance
+    bias of ~1 standard error from the 50-step discretisation included), so 5 standard errors
+    leave a false-failure rate below 18 x P(|N(1, 1)| > 5) ~ 6e-4 even with that bias.  A doubled
+    minor-axis std gives W = 3 (~ 300 standard errors); a weight off by 0.02 at w = 0.5 is 5.7.
+    """
+    sde, mixture, n = make_sde(sde_name), toy.anisotropic_mixture(), 20_000
     g = torch.Generator().manual_seed(3)
     x_T = mixture.marginal(sde, sde.T).sample(n, g, dtype=F64)
     x = DPMSolverPP(num_steps=50, order=order, eta=1.0).sample(mixture.score_fn(sde), sde, x_init=x_T, generator=g)
     w, means, covs = _weighted_moments(x, mixture)
     for k in range(mixture.num_components):
         wk, m_k, C = float(mixture.weights[k]), mixture.means[k], mixture.covs[k]
+        m = n * wk
         # weight: Var(r_k) <= w (1 - w), standard error sqrt(w (1 - w) / n)
         assert abs(float(w[k]) - wk) < 5 * math.sqrt(wk * (1 - wk) / n), (k, w)
-        # mean in units of the component's std: ||L^-1 (m_hat - mu)||^2 ~ chi^2_2 / (n w), so < 5 / sqrt(n w)
-        z = torch.linalg.solve_triangular(torch.linalg.cholesky(C), (means[k] - m_k)[:, None], upper=False)
-        assert float(z.norm()) < 5 / math.sqrt(n * wk), (k, means)
-        # covariance: E||C_hat - C||_F^2 = ((tr C)^2 + ||C||_F^2) / m for m = n w Gaussian draws
-        se = math.sqrt((float(C.trace()) ** 2 + float(C.norm()) ** 2) / (n * wk))
-        assert float((covs[k] - C).norm()) < 5 * se, (k, covs[k], C)
+        z, w_z = whitened_moment_errors(means[k], covs[k], m_k, C, m)
+        assert float(z.abs().max()) < 5, (k, z)
+        assert float(w_z.abs().max()) < 5, (k, w_z)
 
 
 def test_dpmpp_sde_is_batch_independent_with_seeds():

@@ -3,7 +3,8 @@
 Writes, in ``SWEEP_DIR``:
 
 * ``summary.csv``: one row per job: job, status, the config-group choices, the job's overrides,
-  NFE, wall times, the headline's name, and for each metric (``metrics.json`` ``quality``) its value,
+  NFE, wall times, the headline's name, the overall ``verdict`` and ``verdict_driven_by``, and for each
+  metric (``metrics.json`` ``quality``) its value,
   ``<metric>_verdict`` ("at floor" / "above floor") and floor band ``<metric>_p05``, ``<metric>_p95``;
   when present, guidance
   (``guidance_scale``, ``guidance_label``, ``precision`` and ``spread`` with their per-class
@@ -11,9 +12,11 @@ Writes, in ``SWEEP_DIR``:
   ``nll_exact`` and ``kl_estimate`` = nll - nll_exact with ``kl_stderr``); failed jobs have
   ``status = failed`` and the error message;
 * ``summary.md``: the same as a Markdown table, the headline (``floors.HEADLINE``, ``outlier_z``: the
-  standardised excess of low-density samples) first, then ``above_floor`` (how many metrics are), each metric as value and verdict, the floor bands listed once;
+  standardised excess of low-density samples) first, then the overall ``verdict`` (``quality.overall``:
+  "at floor" / "above floor" with the metrics that drove it, Holm at 5 %), ``above_floor`` (how many
+  metrics are above their own band), each metric as value and verdict, the floor bands listed once;
 * ``comparison.png``: one scatter panel per job (samples over the data), titled with the job's
-  overrides and its headline with verdict (red title: above floor), or the error of a failed job.
+  overrides, its overall verdict and headline (red title: above floor), or the error of a failed job.
 
 A job is a directory under ``SWEEP_DIR`` with Hydra's ``.hydra/`` folder; its results are its
 ``metrics.json`` and ``samples.npz``.  A job that died before writing ``metrics.json`` (killed, out
@@ -95,6 +98,9 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         }
         quality = record.get("quality") or {}
         row["headline"] = quality.get("headline")
+        overall = quality.get("overall") or {}
+        row["verdict"] = overall.get("verdict")  # the overall verdict (Holm at 5 %) and what drove it
+        row["verdict_driven_by"] = " ".join(overall.get("driven_by", [])) if overall else None
         if quality.get("metrics"):
             row["above_floor"] = f"{len(quality.get('above_floor', []))}/{len(quality['metrics'])}"
         for name, q in (quality.get("metrics") or {}).items():
@@ -164,13 +170,17 @@ def _write_markdown(rows: Sequence[dict], path: Path, title: str) -> None:
     metrics = _metric_names(rows)
     common = sorted(set.intersection(*(set(r["overrides"].split()) for r in rows))) if len(rows) > 1 else []
     rows = [{**row, "overrides": label} for row, label in zip(rows, _labels(rows))]
-    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *metrics[:1], "above_floor", *metrics[1:],
+    columns = ["job", "status", "overrides", "nfe", "sample_s", "train_s", *metrics[:1], "verdict", "above_floor",
+               *metrics[1:],
                *_GUIDED[2:], *_NLL, "error"]
     columns = [c for c in columns if c in ("job", "status") or any(row.get(c) not in (None, "") for row in rows)]
     header = [f"**{c}** (headline)" if c == HEADLINE else c for c in columns]
 
     def cell(row, c):
-        if c in metrics and row.get(c) is not None:
+        if c == "verdict" and row.get(c) is not None:
+            above = row[c] == "above floor"
+            text = f"**above floor** ({row.get('verdict_driven_by')})" if above else "at floor"
+        elif c in metrics and row.get(c) is not None:
             above = row.get(f"{c}_verdict") == "above floor"
             text = f"{_fmt(row[c])} {'**above floor**' if above else 'at floor'}"
         else:
@@ -194,7 +204,10 @@ def _write_markdown(rows: Sequence[dict], path: Path, title: str) -> None:
               "the 0.1 % and 1 % quantiles of the data's log-density (`outlier_rate_0.1pct`, `outlier_rate_1pct`: "
               "exact samples 0.001 and 0.01). Each metric reads *at floor* or **above floor** against the "
               "5-95 % band of the same metric between exact samples of the same size (summary.csv: `_p05`, `_p95`); "
-              "`above_floor`: how many metrics are above floor (exact samples of eight_gaussians: 0.07 of 9 on average)."]
+              "`above_floor`: how many metrics are above their own band. "
+              "`verdict`: the overall verdict, *at floor* or **above floor** with the metrics that drove it: "
+              "Holm-Bonferroni at 5 % over the metrics' one-sided p-values against their floors, so exact samples "
+              "are called above floor in at most about 5 % of jobs (one metric's band alone: 5 % each)."]
     if bands:
         lines += ["", "Floor bands: " + ", ".join(bands) + "."]
     atomic_write(path, ("\n".join(lines) + "\n").encode())
@@ -219,10 +232,17 @@ def _panel(row: dict, title: str) -> dict:
         panel["title"] = f"{title}\nFAILED"
         panel["error"] = (row.get("error") or "failed").splitlines()[0]
     else:
-        value, verdict = row.get(HEADLINE), row.get(f"{HEADLINE}_verdict")
-        panel["title"] = (f"{title}\n{HEADLINE} {value:.3g} ({verdict}), {row.get('above_floor')} above, "
-                          f"NFE {row.get('nfe')}" if value is not None else title)
-        panel["above"] = verdict == "above floor"
+        value, verdict, overall = row.get(HEADLINE), row.get(f"{HEADLINE}_verdict"), row.get("verdict")
+        if overall is not None:  # the overall verdict decides the colour; older records: the headline's
+            state = "ABOVE FLOOR" if overall == "above floor" else "at floor"
+            if row.get("verdict_driven_by"):
+                state += f" ({row['verdict_driven_by']})"
+            panel["title"] = (f"{title}\n{state}; {HEADLINE} {value:.3g}, NFE {row.get('nfe')}" if value is not None
+                              else f"{title}\n{state}")
+        else:
+            panel["title"] = (f"{title}\n{HEADLINE} {value:.3g} ({verdict}), {row.get('above_floor')} above, "
+                              f"NFE {row.get('nfe')}" if value is not None else title)
+        panel["above"] = (overall or verdict) == "above floor"
     return panel
 
 

@@ -8,7 +8,8 @@
      "sde": "VPSDE(...)", "data": "MixtureDataset(...)", "sampler": "PredictorCorrector(...)",
      "num_samples", "nfe", "time": {"build_s", "train_s", "sample_s", "evaluate_s", "total_s"},
      "quality": <scoresde.evaluation.floors.assess(...) dict>: {"headline", "n", "density", "metrics":
-                 {name: {"value", "floor_band": [p05, p95], "floor_mean", "verdict", "meaning"}}, ...},
+                 {name: {"value", "floor_band": [p05, p95], "floor_mean", "verdict", "meaning"}},
+                 "overall": {"verdict", "driven_by", "alpha", "test", "p_values"}, ...},  # the one verdict
      "train": {...},                                               # scoresde-train only
      "guidance": {"kind", "scale", "label", "num_classes", ...},   # scoresde-sample only
      "precision": {"mean", "per_class": {c: p}, "method"},         # guided runs (scoresde.apps.guided)
@@ -22,6 +23,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -37,7 +39,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .._checks import check_int
+from .._checks import check_device, check_int
 from .._io import atomic_write, atomic_write_with, probe_writable, remove_stale_temporaries
 
 from ..data.datasets import MixtureDataset
@@ -46,6 +48,7 @@ from ..data.scale import warn_prior_mismatch
 from ..evaluation.floors import HEADLINE  # noqa: F401  (re-exported: the metric a job returns, tables lead with)
 from . import figures
 from .guided import class_metrics, class_target, likelihood_metrics
+from .ranks import gather_samples, rank_batches, sampling_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,7 @@ def output_dir() -> Path:
 
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``, refusing CUDA when it is not available (a clear error before any work)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"`device` must name a torch device such as 'cpu' or 'cuda', got {name!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device=cpu")
-    return device
+    return check_device("device", name)
 
 
 def make_generator(seed: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -185,9 +182,48 @@ def start_job(app: str, out: Path) -> None:
     log.info("scoresde-%s: output directory %s", app, out)
 
 
+SMALL_MODEL_PARAMETERS = 1_000_000
+"""``num_threads=auto``: models with fewer parameters (and exact scores) run on one thread.
+
+Measured on the 2-core development machine (issue 16): the default run (a 75 010-parameter
+ScoreMLP) used 81 s of CPU with torch's default of one thread per core and 41-47 s with one; under
+load its 2-thread training spent 0.2 s of CPU per step (OpenMP threads spinning) against 7 ms on one
+thread.  One-thread CPU per DSM step at batch 512: width 128 (75 k parameters) 7 ms, 256 (281 k)
+16 ms, 512 (1.09 M) 47 ms, 1024 (4.3 M) 166 ms: from about 10^6 parameters (512 x 512 x 512 matrix
+products) a step is large enough for a second thread to pay for its synchronisation."""
+
+
+def check_num_threads(value: Any) -> int | str:
+    """``num_threads``: "auto" or an integer >= 1 (a clear error naming the key otherwise)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`num_threads` must be 'auto' or an integer >= 1, got {value!r}")
+    return value
+
+
+def apply_num_threads(setting: Any, parameters: int | None) -> int:
+    """Set torch's intra-op threads once, at the start of an app's work; returns the count in use.
+
+    ``setting``: an int (``torch.set_num_threads``) or "auto": one thread for a model with fewer than
+    ``SMALL_MODEL_PARAMETERS`` parameters or no model (``parameters=None``: an exact score), else
+    torch's default (one per core), and torch's count as it stands when ``OMP_NUM_THREADS`` is set
+    (the user chose).  Small tensors gain nothing from a second thread (``SMALL_MODEL_PARAMETERS``).
+    """
+    threads = check_num_threads(setting)
+    if threads == "auto":
+        if os.environ.get("OMP_NUM_THREADS") or (parameters is not None and parameters >= SMALL_MODEL_PARAMETERS):
+            return torch.get_num_threads()
+        threads = 1
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (num_threads=%s)", threads, setting)
+    return threads
+
+
 def validate_app_config(cfg: DictConfig) -> None:
     """Check the config values that are used only after training or sampling, naming the config key."""
     check_int("num_samples", cfg.num_samples, minimum=1)
+    check_num_threads(cfg.get("num_threads", "auto"))
     if cfg.get("batch_size") is not None:
         check_int("batch_size", cfg.batch_size, minimum=1)
         guidance = OmegaConf.select(cfg, "guidance.kind", default="none")
@@ -213,7 +249,7 @@ def validate_app_config(cfg: DictConfig) -> None:
         from hydra.utils import instantiate
 
         options = OmegaConf.to_container(lk)
-        options.pop("num_points"), options.pop("batch_size")
+        options.pop("num_points"), options.pop("batch_size"), options.pop("pf_ode", None)
         try:
             instantiate(options, _convert_="all")
         except Exception as e:  # noqa: BLE001 - Hydra wraps the constructor's error
@@ -289,11 +325,53 @@ def detach_parameters(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def elbo_metrics(lcfg: DictConfig, score_fn, sde, data, *, generator: torch.Generator, device: torch.device) -> dict:
+    """``record["elbo"]`` (likelihood=elbo): ``scoresde.elbo.ELBOReport`` on ``num_points`` held-out points (the
+    same points as the PF-ODE NLL beside it), per batch, averaged; with the exact mean -log p where known."""
+    from hydra.utils import instantiate
+
+    options = OmegaConf.to_container(lcfg)
+    num_points, batch_size = options.pop("num_points"), options.pop("batch_size")
+    options.pop("pf_ode", None)
+    report = instantiate(options, _convert_="all")
+    x = data.sample(num_points, generator, dtype=torch.float64)
+    start = time.perf_counter()
+    parts = [report.run(score_fn, sde, chunk.to(device), generator=generator) for chunk in x.split(batch_size)]
+    out = {"num_points": num_points}
+    for kind in ("continuous", "discrete"):
+        if kind not in parts[0]:
+            continue
+        total = torch.cat([p["per_point"][kind].cpu() for p in parts])
+        weights = [len(p["per_point"][kind]) / num_points for p in parts]
+        entry = {k: (sum(w * p[kind][k] for w, p in zip(weights, parts)) if isinstance(v, float) else v)
+                 for k, v in parts[0][kind].items() if k != "L_t-1"}
+        entry.update(mean=float(total.mean()), stderr=float(total.std() / math.sqrt(total.numel())) if total.numel() > 1
+                     else float("nan"))
+        if getattr(data, "has_log_prob", False):
+            gap = total - (-data.log_prob(x).to(torch.float64).reshape(-1))
+            entry.update(gap_to_exact=float(gap.mean()), gap_stderr=float(gap.std() / math.sqrt(gap.numel())))
+        out[kind] = entry
+    out["time_s"] = time.perf_counter() - start
+    log.info("ELBO of %d held-out points: %s", num_points, ", ".join(
+        f"{k} {out[k]['mean']:.4f} +- {out[k]['stderr']:.4f} nats ({out[k]['bits_per_dim']:.4f} bits/dim)"
+        for k in ("continuous", "discrete") if k in out))
+    return out
+
+
 def evaluate_likelihood(record: JobRecord, score_fn, sde, data, cfg: DictConfig, device: torch.device) -> None:
     """``record["nll"]`` when ``cfg.likelihood`` is set (likelihood=pf_ode): NLL of held-out data points."""
     if cfg.get("likelihood") is None:
         return
-    nll = likelihood_metrics(cfg.likelihood, score_fn, sde, data, generator=make_generator(cfg.seed, HELD_OUT),
+    if cfg.likelihood.get("_target_") == "scoresde.elbo.ELBOReport":
+        record["elbo"] = elbo_metrics(cfg.likelihood, score_fn, sde, data, generator=make_generator(cfg.seed, HELD_OUT),
+                                      device=device)
+        if not cfg.likelihood.pf_ode:
+            return
+    lcfg = cfg.likelihood
+    if lcfg.get("_target_") == "scoresde.elbo.ELBOReport":  # the PF-ODE NLL of the same points, beside the bound
+        lcfg = OmegaConf.create({"_target_": "scoresde.likelihood.ProbabilityFlowLikelihood",
+                                 "num_points": lcfg.num_points, "batch_size": lcfg.batch_size})
+    nll = likelihood_metrics(lcfg, score_fn, sde, data, generator=make_generator(cfg.seed, HELD_OUT),
                              probe_generator=make_generator(cfg.seed, HELD_OUT, device), device=device)
     record["nll"] = nll
     record["time"]["likelihood_s"] = nll["time_s"]
@@ -311,11 +389,14 @@ def sample_seed_base(seed: int) -> int:
 
 
 def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: DictConfig,
-                        device: torch.device, out_dir: Path, labels: torch.Tensor | None = None) -> float | None:
+                        device: torch.device, out_dir: Path, labels: torch.Tensor | None = None,
+                        callback=None) -> float | None:
     """Sample ``cfg.num_samples`` points, evaluate them (``evaluation.evaluate_job``), plot; returns the headline value.
 
     With ``labels`` ``[n]`` (a guided score), the samples are compared with the class's target
-    (``guided.class_target``) and ``precision`` / ``spread`` are recorded.
+    (``guided.class_target``) and ``precision`` / ``spread`` are recorded.  ``callback`` (e.g. an
+    ``animation.TrajectoryRecorder``) is passed to the sampler's run (the first batch's when batched)
+    and its ``finish`` gets the final samples.
     """
     n = cfg.num_samples
     shape = (n, *data.event_shape)
@@ -324,20 +405,21 @@ def sample_and_evaluate(record: JobRecord, score_fn, sde, data, sampler, cfg: Di
     warn_prior_mismatch(data.mixture if isinstance(data, MixtureDataset)
                         else data.sample(min(n, 10_000), make_generator(cfg.seed, EVAL_DATA)), sde, logger=log)
     start = time.perf_counter()
-    batch_size = cfg.get("batch_size")
+    batch_size = sampling_batch_size(cfg.get("batch_size"), n)  # torchrun: per-sample seeds (scoresde.apps.ranks)
     if batch_size is None:
-        result = sampler.run(score_fn, sde, shape, generator=generator, progress=cfg.progress)
+        result = sampler.run(score_fn, sde, shape, generator=generator, progress=cfg.progress, callback=callback)
         nfe, x = result.nfe, result.x
     else:
         # one noise stream per sample (EDM's per-sample seeds): sample i is the same whatever the batch size
         base, parts, nfe = sample_seed_base(cfg.seed), [], 0
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
+        for lo, hi in rank_batches(n, batch_size):  # torchrun: this rank's share of the batches
             result = sampler.run(score_fn, sde, (hi - lo, *shape[1:]), seeds=range(base + lo, base + hi),
-                                 device=device, progress=cfg.progress)
+                                 device=device, progress=cfg.progress, callback=callback if lo == 0 else None)
             parts.append(result.x)
             nfe = max(nfe, result.nfe)  # NFE counts evaluations per sample, as in one batch
-        x = torch.cat(parts)
+        x = gather_samples(parts, n, batch_size)  # torchrun: every rank's, in order; ranks > 0 end here
+    if callback is not None:
+        callback.finish(x)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     record["time"]["sample_s"] = time.perf_counter() - start

@@ -14,7 +14,9 @@ target), so only the first job of a sweep pays for the floors.
 
 ``eval.metrics`` may also name the older distances (``scoresde.evaluation.metrics``: ``sliced_w2``, ``mmd``,
 ``energy_distance``, and ``sliced_w2_to_mixture``, ``mode_weight_error`` for mixtures); their floor
-band is the 5-95 % range of ``eval.repeats`` i.i.d. repeats (use >= 20 for a meaningful band).
+band is the 5-95 % range of ``eval.repeats`` i.i.d. repeats (use >= 20 for a meaningful band), and
+they join the overall verdict (``quality["overall"]``, Holm at 5 %) with empirical p-values, which
+cannot go below 1 / (repeats + 1): they add to the family but seldom drive it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ..data.datasets import MixtureDataset
-from ..evaluation.floors import HEADLINE, MEANINGS, FloorCache, assess, verdict
+from ..evaluation.floors import (HEADLINE, MEANINGS, FloorCache, assess, empirical_p_value, overall_verdict, verdict,
+                                 verdict_family)
 from ..evaluation.metrics import evaluate
 from ..evaluation.modes import WITHIN_MODE_SCALARS
 from ..data.toy import GaussianMixture
@@ -37,7 +40,7 @@ from .guided import class_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_job", "check_eval_metrics", "headline_text", "LEGACY_METRICS", "ClassData"]
+__all__ = ["evaluate_job", "check_eval_metrics", "headline_text", "verdict_text", "LEGACY_METRICS", "ClassData"]
 
 LEGACY_METRICS = {
     "sliced_w2": "sliced 2-Wasserstein distance to a fresh data sample (units of x)",
@@ -122,29 +125,46 @@ def evaluate_job(x: torch.Tensor, data, cfg: DictConfig, labels: torch.Tensor | 
         g = torch.Generator().manual_seed(ev.seed)
         ref = target if is_mix else target.sample(4 * n, g, dtype=torch.float64).reshape(4 * n, -1)
         old = evaluate(x, ref, metrics=legacy, repeats=ev.repeats, num_projections=ev.num_projections, generator=g)
+        p_values = dict((quality.get("overall") or {}).get("p_values", {}))
         for m, r in old["metrics"].items():
             band = [float(np.quantile(r["floor_values"], 0.05)), float(np.quantile(r["floor_values"], 0.95))]
             quality["metrics"][m] = {"value": r["value"], "floor_band": band, "floor_mean": r["floor_mean"],
                                      "verdict": verdict(m, r["value"], band), "meaning": LEGACY_METRICS[m]}
+            p_values[m] = empirical_p_value(r["value"], r["floor_values"])  # >= 1 / (repeats + 1)
+        quality["overall"] = overall_verdict({m: p_values[m] for m in verdict_family(quality["metrics"])})
     quality["above_floor"] = [m for m, r in quality["metrics"].items() if r["verdict"] == "above floor"]
     for name, m in quality["metrics"].items():
         lead = "HEADLINE " if name == quality.get("headline") else "         "
         log.info("%s%-20s %.4g  floor band [%.4g, %.4g]  %s  (%s)", lead, name, m["value"], m["floor_band"][0],
                  m["floor_band"][1], m["verdict"].upper() if m["verdict"] == "above floor" else m["verdict"],
                  m["meaning"])
+    if quality.get("overall"):
+        log.info("OVERALL  %s", verdict_text(quality))
     return quality
 
 
+def verdict_text(quality: dict) -> str:
+    """The overall verdict in one line, e.g. 'ABOVE FLOOR (weight_error p = 0.001); Holm at 5 % over 7 metrics'."""
+    overall = quality.get("overall")
+    if not overall:
+        return ""
+    p = overall.get("p_values", {})
+    driven = ", ".join(f"{m} p = {p[m]:.2g}" for m in overall["driven_by"])
+    state = f"ABOVE FLOOR ({driven})" if overall["verdict"] == "above floor" else "at floor"
+    return f"{state}; Holm at {100 * overall['alpha']:.0f} % over {len(p)} metrics"
+
+
 def headline_text(quality: dict) -> str:
-    """Lines for figures, e.g. 'outlier_z 30.1 (floor <= 2.2): ABOVE FLOOR; 4 of 6 metrics above floor' and the rates."""
+    """Lines for figures: the headline with its band and verdict, the overall verdict (``verdict_text``), the rates."""
     name = quality.get("headline")
     metrics = quality.get("metrics", {})
     m = metrics.get(name) if name else None
     if m is None:
         return ""
     state = "ABOVE FLOOR" if m["verdict"] == "above floor" else "at floor"
-    text = (f"{name} {m['value']:.3g} (floor band {m['floor_band'][0]:.2g} to {m['floor_band'][1]:.2g}): {state}; "
-            f"{len(quality.get('above_floor', []))} of {len(metrics)} metrics above floor")
+    text = f"{name} {m['value']:.3g} (floor band {m['floor_band'][0]:.2g} to {m['floor_band'][1]:.2g}): {state}"
+    if quality.get("overall"):
+        text += f"\noverall: {verdict_text(quality)}"
     if name == HEADLINE and "outlier_rate_0.1pct" in metrics and "outlier_rate_1pct" in metrics:
         text += (f"\nbelow the 0.1 % / 1 % density levels: {100 * metrics['outlier_rate_0.1pct']['value']:.2f} % / "
                  f"{100 * metrics['outlier_rate_1pct']['value']:.2f} % (exact samples: 0.1 % / 1 %)")

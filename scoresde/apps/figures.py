@@ -23,7 +23,8 @@ _DATA_BEHIND = dict(s=2, alpha=0.3, linewidths=0, color="0.55")
 
 def _limits(*arrays: np.ndarray | None) -> tuple[float, float, float, float]:
     """Common square-ish axes limits: the 0.5%-99.5% quantiles of the data-like points, padded."""
-    pts = np.concatenate([a[:, :2] for a in arrays if a is not None and len(a)])
+    present = [a[:, :2] for a in arrays if a is not None and len(a)]
+    pts = np.concatenate(present) if present else np.empty((0, 2))  # no job left samples: default limits
     pts = pts[np.isfinite(pts).all(1)]
     if len(pts) == 0:
         return -1.0, 1.0, -1.0, 1.0
@@ -76,7 +77,7 @@ def plot_samples(samples: np.ndarray, data: np.ndarray, path: str | Path, *, tit
 def plot_comparison(panels: Sequence[dict], path: str | Path) -> None:
     """One scatter per job: ``panels`` of {"title", "samples" (or None), "data" (or None), "error", "above"}.
 
-    ``above``: the job's headline is above its noise floor; its title is drawn in red.
+    ``above``: the job's overall verdict is "above floor"; its title is drawn in red.
     """
     n = max(1, len(panels))
     cols = min(n, 4)

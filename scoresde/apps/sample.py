@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,10 +37,12 @@ from ..data.datasets import MixtureDataset
 from ..training.loading import model_from_state
 from ..training.loop import load_checkpoint, load_weights
 from . import config_dir
-from .common import (GUIDANCE, JobRecord, evaluate_likelihood, make_generator, output_dir,
+from .common import (GUIDANCE, JobRecord, apply_num_threads, evaluate_likelihood, make_generator, output_dir,
                      report_usage_errors, resolve_device, sample_and_evaluate, start_job, user_errors,
                      validate_app_config)
+from .fit_grid import fitted_sampler, instantiate_sampler
 from .guided import build_guidance, check_guidance_values
+from .ranks import launch, share_config, task_overrides
 from .schemas import register_schemas
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,7 @@ log = logging.getLogger(__name__)
 
 def _explicit_groups() -> set[str]:
     """The config groups (or their keys) set on the command line, e.g. {"sde", "data"}."""
-    if not HydraConfig.initialized():
-        return set()
-    return {o.lstrip("+~").split("=")[0].split(".")[0] for o in HydraConfig.get().overrides.task}
+    return {o.lstrip("+~").split("=")[0].split(".")[0] for o in task_overrides()}  # torchrun ranks > 0: rank 0's
 
 
 def _trained_model(cfg: DictConfig, device):
@@ -106,16 +105,17 @@ def run(cfg: DictConfig) -> float | None:
     return report_usage_errors("sample", _run, cfg)
 
 
-def _run(cfg: DictConfig) -> float | None:
-    out = output_dir()
+def _run(cfg: DictConfig, out: Path | None = None) -> float | None:
+    out = output_dir() if out is None else out  # torchrun's ranks > 0: a scratch directory (scoresde.apps.ranks)
     with JobRecord("sample", out) as record:
         with user_errors("sample"):  # every config value is checked here: one line naming the key
             start_job("sample", out)
+            share_config(cfg, out)  # torchrun: the other ranks get this config now and sample their share
             start = time.perf_counter()
             validate_app_config(cfg)
             device = resolve_device(cfg.device)
             check_guidance_values(cfg.guidance)  # a negative scale stops here, before any work
-            sampler = instantiate(cfg.sampler, _convert_="all")
+            sampler, grid_fit = instantiate_sampler(cfg)  # sampler.grid=fit: a fitted grid (apps.fit_grid)
             model = None
             if cfg.checkpoint is None:
                 sde = instantiate(cfg.sde, _convert_="all")
@@ -135,7 +135,11 @@ def _run(cfg: DictConfig) -> float | None:
                 for group in ("data", "sde", "model"):  # report what was actually used
                     if group not in _explicit_groups() and group in info["run_choices"]:
                         record["choices"][group] = info["run_choices"][group]
+            if grid_fit:  # load the cached fit (beside the checkpoint) or fit it now
+                sampler = fitted_sampler(record, sampler, score_fn, sde, data, checkpoint=record.get("checkpoint"),
+                                         out=out, device=device)
             record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler))
+            apply_num_threads(cfg.num_threads, None if model is None else sum(p.numel() for p in model.parameters()))
             guided, labels, record["guidance"] = build_guidance(
                 cfg.guidance, score_fn=score_fn, model=model, data=data, sde=sde, n=cfg.num_samples,
                 exact=cfg.checkpoint is None, generator=make_generator(cfg.seed, GUIDANCE, device), device=device)
@@ -148,7 +152,8 @@ def _run(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point ``scoresde-sample``."""
     register_schemas()
-    hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run)()
+    launch(hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run),
+           lambda cfg, out, scratch: report_usage_errors("sample", lambda c: _run(c, scratch), cfg))
 
 
 if __name__ == "__main__":

@@ -38,13 +38,13 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .. import likelihood, samplers, sdes
-from ..data import datasets, files, images, toy
+from .. import elbo, likelihood, samplers, sdes
+from ..data import datasets, digits, files, image_folder, images, torchvision_data, toy
 from ..models import mlp, precond, unet
 from ..training import loop, losses, recipes
 
 __all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig",
-           "NoGuidance", "CFGGuidance", "ClassifierGuidanceConfig", "ExactGuidance", "PFODELikelihood"]
+           "NoGuidance", "CFGGuidance", "ClassifierGuidanceConfig", "ExactGuidance", "PFODELikelihood", "ELBOLikelihood"]
 
 _PRIMITIVES = (int, float, bool, str)
 _RUNTIME_ARGS = ("sde", "event_shape", "generator")  # passed by the apps, not configured
@@ -118,7 +118,8 @@ SCHEMAS: tuple[tuple[str, Any, dict], ...] = (
     *(("sde", c, {}) for c in (sdes.VESDE, sdes.VPSDE, sdes.SubVPSDE, sdes.DiscreteVPSDE.linear)),
     *(("data", c, {}) for c in (
         datasets.MixtureDataset, datasets.SwissRoll, datasets.TwoMoons, datasets.Circles, datasets.Pinwheel,
-        datasets.TwoSpirals, datasets.Checkerboard, files.FileDataset, images.Shapes)),
+        datasets.TwoSpirals, datasets.Checkerboard, files.FileDataset, images.Shapes,
+        image_folder.ImageFolder, torchvision_data.TorchvisionImages, digits.Digits)),
     *(("mixture", toy.TARGETS[name], {}) for name in toy.TARGETS),
     ("model", mlp.ScoreMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
     ("model", precond.Preconditioned, {"partial": True, "exclude": _RUNTIME_ARGS}),
@@ -204,6 +205,17 @@ PFODELikelihood.__module__ = __name__
 PFODELikelihood.__doc__ = ("``likelihood=pf_ode``: ``scoresde.likelihood.ProbabilityFlowLikelihood`` (typed from its "
                            "signature) plus the number of held-out points and the batch size of the solves.")
 
+_ELBO = schema_for(elbo.ELBOReport)
+ELBOLikelihood = dataclasses.make_dataclass(
+    "ELBOLikelihood",
+    [("num_points", int, field(default=500)),  # held-out data points
+     ("batch_size", int, field(default=500)),  # points per evaluation
+     ("pf_ode", bool, field(default=True))],  # also the PF-ODE NLL of the same points, side by side
+    bases=(_ELBO,),
+)
+ELBOLikelihood.__module__ = __name__
+ELBOLikelihood.__doc__ = "``likelihood=elbo``: ``scoresde.elbo.ELBOReport`` plus the points, the batch size and the PF-ODE switch."
+
 
 # -- the apps' root configs ----------------------------------------------------------------------
 @dataclass
@@ -228,6 +240,19 @@ class PlotConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Quality checks during training and the adaptive recipe of ``scoresde-train`` (issue 21, ``training.quality``)."""
+
+    every: Optional[int] = None  # steps between checks; None: 1000 with auto, no checks without
+    num_samples: int = 2000  # points sampled (probability-flow ODE, Heun, 25 steps) and assessed per check
+    patience: int = 3  # auto: finish after this many consecutive checks at floor (0: never)
+    budget: int = 20000  # auto: train.num_steps (the most steps a run may take)
+    pilot_steps: int = 2000  # auto: steps of each candidate's pilot run
+    candidates: List[int] = field(default_factory=lambda: [0, 64])  # auto: model.input_features to choose from
+    final: str = "best"  # with checks: sample the final figure / metrics from best.pt ("best") or last.pt ("last")
+
+
+@dataclass
 class _AppConfig:
     data: Any = MISSING
     sde: Any = MISSING
@@ -238,6 +263,7 @@ class _AppConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False  # tqdm bars for training and sampling
+    num_threads: Any = "auto"  # torch threads: "auto" (1 for models under 1e6 parameters) or an int >= 1
     likelihood: Any = None  # None (likelihood=none) or a PFODELikelihood node (likelihood=pf_ode)
 
 
@@ -256,6 +282,8 @@ class TrainAppConfig(_AppConfig):
     experiment: Any = None  # conf/experiment: the chosen experiment's own notes (its overrides act on the root)
     plot: PlotConfig = field(default_factory=PlotConfig)
     tensorboard: bool = False  # also log loss and lr as TensorBoard scalars in <run dir>/tensorboard (extra .[tensorboard])
+    auto: Optional[bool] = None  # the adaptive recipe (training.quality); None: true for data=file, else false
+    quality: QualityConfig = field(default_factory=QualityConfig)  # quality checks during training
 
 
 @dataclass
@@ -275,5 +303,6 @@ def register_schemas() -> None:
     for cls in (NoGuidance, CFGGuidance, ClassifierGuidanceConfig, ExactGuidance):
         cs.store(group="schema/guidance", name=cls.__name__, node=cls, provider="scoresde")
     cs.store(group="schema/likelihood", name="PFODELikelihood", node=PFODELikelihood, provider="scoresde")
+    cs.store(group="schema/likelihood", name="ELBOLikelihood", node=ELBOLikelihood, provider="scoresde")
     cs.store(group="schema/app", name="train", node=TrainAppConfig, provider="scoresde")
     cs.store(group="schema/app", name="sample", node=SampleAppConfig, provider="scoresde")

@@ -10,7 +10,8 @@ The output directory (``outputs/train/<date>/<time>``, or ``hydra.run.dir``) rec
 ones sampled), ``metrics.json`` (see ``scoresde.apps.common``), ``loss.png``, ``samples.png`` and
 ``samples.npz``, every file written atomically, plus ``train_log.csv`` (step, loss, learning rate;
 written as training goes) and, with ``plot.animation=true`` (2-D data), ``animation.gif`` of the
-reverse process.  The recipe groups ``loss``, ``time``, ``optim``, ``scheduler`` (unset by default:
+reverse process (the first ``plot.animation_points`` particles of the sampling run, recorded as it
+goes: no second run).  The recipe groups ``loss``, ``time``, ``optim``, ``scheduler`` (unset by default:
 ``TrainConfig``'s own Adam, warm-up and uniform-t DSM loss) and ``experiment`` files (e.g.
 ``experiment=edm_recipe``) are described in ``scoresde.training.recipes`` and ``conf/``.  The output directory is logged at the start and
 the end.  A checkpoint is written every ``train.checkpoint_every`` steps, every
@@ -26,7 +27,21 @@ one line naming the config key.  ``conditional=true`` trains a label-conditioned
 set's number of labels; or set ``model.num_classes`` yourself) with the labels dropped to the null
 label with probability ``train.label_dropout`` (classifier-free guidance: ``scoresde-sample
 checkpoint=<run>/last.pt guidance=cfg``); its samples here are unconditional (the null label).
-``likelihood=pf_ode`` adds the PF-ODE NLL of held-out points to ``metrics.json``.  The task function returns the sliced-W2 / noise-floor ratio (for optimising sweepers).
+``likelihood=pf_ode`` adds the PF-ODE NLL of held-out points to ``metrics.json``.
+
+**Validation, quality checks, the best checkpoint, the adaptive recipe** (issue 21,
+``scoresde.training.quality``).  ``data=file`` holds out ``data.validation`` (10 %) of the file,
+never trained on; the final evaluation is against it (a held-out KDE) instead of the training points.
+With checks (``quality.every``, or ``auto``), every ``quality.every`` steps the EMA model is sampled
+(its own generator: training is unchanged bit for bit) and assessed against the validation split
+(or the data set's exact target / fresh draws); each check is a row of ``quality_log.csv``, a
+TensorBoard scalar and a point in the second panel of ``loss.png``; ``best.pt`` keeps the best
+check's weights, and the final samples come from it (``quality.final=best``; metrics.json's
+``train.sampled`` names the checkpoint and its step).  ``auto`` (null: true for ``data=file``):
+``train.num_steps`` becomes ``quality.budget``, ``model.input_features`` is chosen among
+``quality.candidates`` by pilot runs, and training ends after ``quality.patience`` consecutive checks
+at floor; ``metrics.json``'s ``train.auto`` records what was decided, so ``auto=false`` with those
+values pins it.  ``auto=false`` without checks and without a split is the run of before, bit for bit.  The task function returns the sliced-W2 / noise-floor ratio (for optimising sweepers).
 """
 from __future__ import annotations
 
@@ -42,12 +57,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+import copy
+import dataclasses
+
 from .._io import atomic_write_with, probe_writable
+from ..data.files import FileDataset
+from ..training.checkpoints import load_weights
+from ..training.quality import BEST_NAME, QualityCheck, choose_input_features, validation_target
 from ..training.loop import CHECKPOINT_NAME, TrainingInterrupted, _summary_writer_class, train
 from . import config_dir, figures
-from .common import (EVAL_DATA, MODEL_INIT, SAMPLING, JobRecord, detach_parameters, evaluate_likelihood,
-                     make_generator, output_dir, report_usage_errors, resolve_device, resume_hint,
+from .common import (EVAL_DATA, MODEL_INIT, JobRecord, detach_parameters, evaluate_likelihood, make_generator,
+                     apply_num_threads, output_dir, report_usage_errors, resolve_device, resume_hint,
                      sample_and_evaluate, start_job, user_errors, validate_app_config)
+from .ranks import end_data_parallel, launch, share_config
 from .schemas import register_schemas
 
 log = logging.getLogger(__name__)
@@ -69,6 +91,7 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
     with JobRecord("train", out) as record:
         with user_errors("train"):  # every config value is checked here: one line naming the key
             start_job("train", out)
+            rank = share_config(cfg, out)  # torchrun: the other ranks get this config now (scoresde.apps.ranks)
             start = time.perf_counter()
             validate_app_config(cfg)
             if cfg.get("tensorboard"):  # without the extra: one line naming the key, before any work
@@ -94,59 +117,192 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
                                  f"{data_classes} labels; use conditional=true to take the data set's number")
             model = instantiate(cfg.model, _convert_="all", **model_options)(
                 sde, data.event_shape, generator=make_generator(cfg.seed, MODEL_INIT))
-            probe_writable(train_config.checkpoint_dir, "train.checkpoint_dir")
+            if rank == 0:  # the checkpoint directory is rank 0's to write
+                probe_writable(train_config.checkpoint_dir, "train.checkpoint_dir")
             recipe = _recipe(cfg, sde)  # loss / time / optim / scheduler groups (None: TrainConfig's own)
+            auto, every = _quality_plan(cfg, data)
+            if auto and torch.distributed.is_available() and torch.distributed.is_initialized():
+                raise ValueError("auto=true (the default for data=file) is not supported under torchrun yet: its early "
+                                 "stop is decided on rank 0 alone; pass auto=false (quality.every still works)")
+            if auto:
+                train_config = dataclasses.replace(train_config, num_steps=cfg.quality.budget)
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            apply_num_threads(cfg.num_threads, parameters)  # once, before any work (common.SMALL_MODEL_PARAMETERS)
             record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler), model=getattr(model, "config", repr(model)))
             record["time"]["build_s"] = time.perf_counter() - start
             log.info("training %s (%d parameters) on %r under %r, %d steps on %s",
                      type(model).__name__, parameters, data, sde, train_config.num_steps, device)
 
         start = time.perf_counter()
+        checks, decided = None, {}
+        if every:
+            target = validation_target(data)
+            checks = QualityCheck(target, every=every, num_samples=cfg.quality.num_samples,
+                                  patience=cfg.quality.patience if auto else 0, seed=cfg.seed,
+                                  log_file=out / "quality_log.csv", eval_seed=cfg.eval.seed)
+            if auto:
+                model, decided = _auto_model(cfg, sde, data, train_config, recipe, checks, model)
         try:
             with user_errors("train"):  # resume / checkpoint problems are found before the first step
                 result = train(model, data, train_config, resume=cfg.resume, log_file=out / "train_log.csv",
-                               tensorboard_dir=out / "tensorboard" if cfg.get("tensorboard") else None, **recipe)
+                               tensorboard_dir=out / "tensorboard" if cfg.get("tensorboard") else None, **recipe,
+                               **({"callbacks": [checks]} if checks is not None else {}))
         except TrainingInterrupted as e:
             e.hint = resume_hint("train", record, out)
             raise
+        if end_data_parallel() != 0:  # torchrun: training is over; rank 0 alone samples, evaluates and writes
+            return None
         record["time"]["train_s"] = time.perf_counter() - start
         losses = result.losses.numpy()
         tail = losses[-max(1, len(losses) // 10):]
         record["train"] = {"num_steps": len(losses), "parameters": parameters, "final_loss": float(np.mean(tail)),
                            "checkpoint": str(Path(train_config.checkpoint_dir) / CHECKPOINT_NAME)}
         log.info("trained in %.1f s, final loss %.4f", record["time"]["train_s"], record["train"]["final_loss"])
-        atomic_write_with(out / "loss.png", lambda f: figures.plot_loss(losses, f))
+        if checks is None:
+            atomic_write_with(out / "loss.png", lambda f: figures.plot_loss(losses, f))
+        else:
+            atomic_write_with(out / "loss.png", lambda f: _plot_loss_and_checks(losses, checks.records, f))
 
         ema = detach_parameters(result.ema_model.eval())  # see common.detach_parameters
+        if checks is not None:
+            _use_best(record, cfg, checks, decided, ema, Path(train_config.checkpoint_dir), len(losses))
         if next(ema.parameters()).device != device:  # train.device may differ from device
             ema.to(device)
-        headline = sample_and_evaluate(record, ema.score_fn, sde, data, sampler, cfg, device, out)
-        if cfg.plot.animation:
-            _animate(record, ema.score_fn, sde, data, sampler, cfg, device, out)
+        recorder = _trajectory_recorder(data, cfg)  # the animation records the one sampling run
+        # a held-out split: the final evaluation is against it (quality.validation_target), not the training points
+        eval_data = validation_target(data) if getattr(data, "validation", None) is not None else data
+        if eval_data is not data and cfg.eval.metrics is None:  # see quality.HELD_OUT_METRICS: the outlier metrics
+            cfg = copy.deepcopy(cfg)
+            cfg.eval.metrics = ["outlier_z", "outlier_rate_0.1pct", "outlier_rate_1pct"]
+            log.info("evaluating against the %d held-out points (their KDE): outlier metrics only", len(data.validation))
+        headline = sample_and_evaluate(record, ema.score_fn, sde, eval_data, sampler, cfg, device, out, callback=recorder)
+        if recorder is not None:
+            _animate(record, recorder, data, sampler, cfg, out)
         evaluate_likelihood(record, ema.score_fn, sde, data, cfg, device)
         return headline
 
 
-def _animate(record, score_fn, sde, data, sampler, cfg: DictConfig, device, out: Path) -> None:
-    """``plot.animation=true``: ``animation.gif`` of the reverse process (2-D data; in the data file's units)."""
+def _trajectory_recorder(data, cfg: DictConfig):
+    """``plot.animation=true`` with 2-D data: a recorder of the first ``plot.animation_points`` particles, else None."""
+    if not cfg.plot.animation:
+        return None
     if tuple(data.event_shape) != (2,):
         log.warning("plot.animation=true needs 2-D data; %s has event shape %s, no animation written",
                     type(data).__name__, tuple(data.event_shape))
-        return
-    from ..animation import record_trajectory, save_animation
+        return None
+    from ..animation import TrajectoryRecorder
+
+    return TrajectoryRecorder(cfg.plot.animation_points)
+
+
+def _animate(record, recorder, data, sampler, cfg: DictConfig, out: Path) -> None:
+    """``animation.gif`` of the reverse process recorded from the sampling run (in the data file's units)."""
+    from ..animation import save_animation
 
     start = time.perf_counter()
     to_user = getattr(data, "to_user_units", None)
-    n = cfg.plot.animation_points
-    frames, times = record_trajectory(sampler, score_fn, sde, n, make_generator(cfg.seed, SAMPLING, device),
-                                      max_frames=cfg.plot.animation_frames, transform=to_user)
-    reference = data.sample(n, make_generator(cfg.seed, EVAL_DATA), dtype=torch.float64)
+    frames, times = recorder.frames(max_frames=cfg.plot.animation_frames, transform=to_user)
+    reference = data.sample(cfg.plot.animation_points, make_generator(cfg.seed, EVAL_DATA), dtype=torch.float64)
     reference = (to_user(reference) if to_user is not None else reference).numpy()
     name = record["choices"].get("sampler", type(sampler).__name__)
     save_animation(frames, out / "animation.gif", times=times, reference=reference, title=name)
     record["time"]["animation_s"] = time.perf_counter() - start
     log.info("wrote %s (%d frames)", out / "animation.gif", len(frames))
+
+
+def _quality_plan(cfg: DictConfig, data) -> tuple[bool, int | None]:
+    """(auto, steps between checks or None) from ``auto`` and ``quality`` (checked here, before any work)."""
+    q = cfg.quality
+    # null: a data file of points (not images) with a model that has input_features
+    auto = (isinstance(data, FileDataset) and len(data.event_shape) == 1 and "input_features" in cfg.model) \
+        if cfg.auto is None else bool(cfg.auto)
+    for key, lo in (("num_samples", 10), ("patience", 0), ("budget", 1), ("pilot_steps", 1)):
+        if q[key] < lo:
+            raise ValueError(f"`quality.{key}` must be >= {lo}, got {q[key]}")
+    if q.every is not None and q.every < 1:
+        raise ValueError(f"`quality.every` must be null or >= 1, got {q.every}")
+    if q.final not in ("best", "last"):
+        raise ValueError(f"`quality.final` must be 'best' or 'last', got {q.final!r}")
+    if auto and not list(q.candidates):
+        raise ValueError("`quality.candidates` must name at least one model.input_features value")
+    every = q.every if q.every is not None else (1000 if auto else None)
+    if auto and cfg.resume:  # the pilots ran in the first call; the resumed run keeps its model
+        log.info("auto=true with resume=true: continuing the run's own model, no pilot runs")
+    return auto, every
+
+
+def _auto_model(cfg: DictConfig, sde, data, train_config, recipe: dict, check: QualityCheck, model):
+    """``auto``: choose model.input_features by pilot runs (``quality.choose_input_features``); (model, decisions)."""
+    decided = {"auto": True, "num_steps_budget": train_config.num_steps, "patience": cfg.quality.patience,
+               "check_every": cfg.quality.every or 1000}
+    if cfg.resume or "input_features" not in cfg.model:
+        decided["input_features"] = cfg.model.get("input_features")
+        decided["rule"] = "resumed run: its own model" if cfg.resume else "the model has no input_features"
+        return model, decided
+
+    def make(features):
+        return instantiate(cfg.model, _convert_="all", input_features=features)(
+            sde, data.event_shape, generator=make_generator(cfg.seed, MODEL_INIT))
+
+    start = time.process_time()
+    choice = choose_input_features(make, data, train_config, check.target, candidates=list(cfg.quality.candidates),
+                                   pilot_steps=cfg.quality.pilot_steps, check=check, train_kwargs=recipe)
+    decided.update(choice, pilots_cpu_s=time.process_time() - start)
+    log.info("auto: model.input_features=%d (pilots of %d steps: %s)", choice["input_features"], choice["pilot_steps"],
+             ", ".join(f"{p['input_features']}: {p['headline']} {p['value']:.3g} {p['overall']}" for p in choice["pilots"]))
+    return make(choice["input_features"]), decided
+
+
+def _use_best(record, cfg: DictConfig, checks: QualityCheck, decided: dict, ema, ckpt_dir: Path, steps: int) -> None:
+    """Load best.pt's EMA weights into ``ema`` (``quality.final=best``); record the checks and what was sampled."""
+    best = checks.best
+    record["train"]["quality_checks"] = {"every": checks.every, "num_samples": checks.num_samples,
+                                         "cpu_s": checks.seconds, "checks": checks.records, "best": best}
+    if decided:
+        decided["finished_early"] = checks.finished_early
+        decided["steps_trained"] = steps
+        record["train"]["auto"] = decided
+    used = {"checkpoint": str(ckpt_dir / CHECKPOINT_NAME), "step": steps}
+    if cfg.quality.final == "best" and best is not None and (ckpt_dir / BEST_NAME).is_file():
+        load_weights(ema, ckpt_dir / BEST_NAME, ema=True)
+        used = {"checkpoint": str(ckpt_dir / BEST_NAME), "step": best["step"]}
+    record["train"]["sampled"] = used
+    log.info("sampling from %s (step %d)%s", used["checkpoint"], used["step"],
+             "" if not decided else f"; auto decided {decided.get('input_features')} input features, "
+             f"{steps} steps (finished early: {checks.finished_early})")
+
+
+def _plot_loss_and_checks(losses, records: list, path) -> None:
+    """``figures.plot_loss``'s panel and, below it, each check's validation headline with its floor's p95."""
+    from matplotlib.figure import Figure
+
+    losses = np.asarray(losses, dtype=np.float64)
+    fig = Figure(figsize=(6, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    steps = np.arange(1, len(losses) + 1)
+    top.plot(steps, losses, color="C0", alpha=0.3, lw=0.6, label="batch loss")
+    window = max(1, len(losses) // 50)
+    if len(losses) >= window > 1:
+        top.plot(steps[window - 1:], np.convolve(losses, np.ones(window) / window, mode="valid"), color="C0", lw=1.5,
+                 label=f"running mean ({window} steps)")
+    if np.all(losses[np.isfinite(losses)] > 0):
+        top.set_yscale("log")
+    top.set_ylabel("DSM loss")
+    top.legend(fontsize=8)
+    if records:
+        s = np.array([r["step"] for r in records])
+        v = np.array([r["value"] for r in records])
+        ok = np.array([r["overall"] == "at floor" for r in records])
+        bottom.plot(s, v, color="0.5", lw=1)
+        bottom.scatter(s[ok], v[ok], color="C2", zorder=3, label="overall at floor")
+        bottom.scatter(s[~ok], v[~ok], color="C3", zorder=3, label="above floor")
+        bottom.plot(s, [r["floor_p95"] for r in records], color="k", ls="--", lw=1, label="floor band's p95")
+        if np.all(v > 0):
+            bottom.set_yscale("log")
+        bottom.set_ylabel(f"validation {records[0]['headline']}")
+        bottom.legend(fontsize=8)
+    bottom.set_xlabel("step")
+    fig.savefig(path, dpi=110)
 
 
 def _recipe(cfg: DictConfig, sde) -> dict:
@@ -166,7 +322,14 @@ def _recipe(cfg: DictConfig, sde) -> dict:
 def main() -> None:
     """Console entry point ``scoresde-train``."""
     register_schemas()
-    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
+    launch(hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run), _rank_task)
+
+
+def _rank_task(cfg: DictConfig, out: Path, scratch: Path) -> None:
+    """A rank > 0 under torchrun: train with rank 0's config and checkpoint directory (``scoresde.apps.ranks``)."""
+    if not cfg.train.checkpoint_dir:
+        cfg.train.checkpoint_dir = str(out)
+    report_usage_errors("train", lambda c: _run(c, scratch), cfg)
 
 
 if __name__ == "__main__":

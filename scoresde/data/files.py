@@ -18,11 +18,21 @@ N(0, I), VE sigma_max) the right size.  ``transform`` (a ``Standardization``) ma
 ``x = shift + scale * y``; the trainer stores its ``state_dict()`` in the checkpoint
 (``"data_transform"``) and the apps write samples in the user's units.
 
+**Validation split.**  ``validation=f`` (0 <= f < 1; ``conf/data/file.yaml``: 0.1) holds out
+round(f N) samples, chosen by a permutation seeded from ``split_seed`` (the rest keep the file's
+order; fewer than 10 held out or 10 left to train on: none held out, with a warning).  They are
+never trained on: ``sample`` draws only the training part, the standardisation is
+computed from it alone, and ``validation`` (a ``HeldOut``) gives the held-out points in training
+units for the quality checks and the final evaluation (``scoresde.training.quality``).  ``f = 0``
+(the default of the class) is the behaviour of a file without a split, bit for bit.
+
 Every problem with the file raises ``DataError`` (or ``FileNotFoundError``) naming the file:
 unreadable, empty, ragged rows, non-numeric or non-finite entries, a missing ``.npz`` array.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -31,12 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_positive
+from .._checks import check_int, check_positive
 from .datasets import DataError, ToyDataset
 
-__all__ = ["FileDataset", "Standardization", "load_array"]
+__all__ = ["FileDataset", "HeldOut", "Standardization", "load_array"]
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,13 +138,19 @@ class FileDataset(ToyDataset):
         label_column: index of the label column of a 2-D array / text file (e.g. -1), or None.
         scale: the training-units scale; None (default): the data's root-mean-square deviation.
         center: subtract the per-coordinate mean (default True).
+        validation: the fraction of samples held out (module docstring), in [0, 1); 0: none.
+        split_seed: the seed of the held-out samples' permutation.
 
     ``sample(n, generator)`` returns standardised float32 ``[n, *D]``; ``transform`` maps back.
     """
 
     def __init__(self, path: str, key: str | None = None, labels: str | None = None,
-                 label_column: int | None = None, scale: float | None = None, center: bool = True):
+                 label_column: int | None = None, scale: float | None = None, center: bool = True,
+                 validation: float = 0.0, split_seed: int = 0):
         self.path = Path(path).expanduser()
+        if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 <= validation < 1:
+            raise ValueError(f"`validation` must be a fraction in [0, 1) (0: no held-out split), got {validation!r}")
+        check_int("split_seed", split_seed, minimum=0, maximum=2**63 - 1)
         if labels is not None and label_column is not None:
             raise ValueError("give `labels` (an array or file) or `label_column`, not both")
         if scale is not None:
@@ -175,6 +192,9 @@ class FileDataset(ToyDataset):
             classes, codes = np.unique(y, return_inverse=True)
             self.classes = tuple(c.item() for c in classes)
             self._labels = torch.as_tensor(codes.reshape(-1), dtype=torch.long)
+        held = None
+        if validation > 0:  # before the standardisation: computed from the training part alone
+            x, held = self._split(x, validation, split_seed)
         shift = x.mean(0) if center else np.zeros(x.shape[1:])
         if scale is None:
             scale = float(np.sqrt(np.mean((x - shift) ** 2)))
@@ -184,10 +204,30 @@ class FileDataset(ToyDataset):
         self.transform = Standardization(torch.as_tensor(shift, dtype=torch.float64), float(scale))
         self._x = torch.as_tensor((x - shift) / scale, dtype=torch.float64).reshape(x.shape[0], -1)
         self._cache: dict = {}
+        self.validation: HeldOut | None = None  # the held-out samples, in training units
+        if held is not None:
+            self.validation = HeldOut(torch.as_tensor((held - shift) / scale, dtype=torch.float64), self.transform,
+                                      name=f"{self.path.name} validation {validation:g} seed {split_seed}")
+
+    def _split(self, x: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(training part, held-out part or None) of ``x`` (and of the labels); both keep the file's order."""
+        n = x.shape[0]
+        held = round(fraction * n)
+        if held < 10 or n - held < 10:  # too small to split: train on everything, and say so
+            log.warning("`validation`=%g of the %d samples of %s would hold out %d; a validation split needs at "
+                        "least 10 held-out samples and 10 to train on: none held out", fraction, n, self.path, held)
+            return x, None
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+        out = np.zeros(n, dtype=bool)
+        out[perm[:held]] = True
+        if self._labels is not None:
+            self._labels = self._labels[torch.as_tensor(~out)]
+        return x[~out], x[out]
 
     def __repr__(self) -> str:
+        held = "" if self.validation is None else f", validation={len(self.validation)}"
         return (f"FileDataset(path={str(self.path)!r}, num_samples={len(self)}, event_shape={self.event_shape}, "
-                f"num_classes={self.num_classes})")
+                f"num_classes={self.num_classes}{held})")
 
     def __len__(self) -> int:
         return self._x.shape[0]
@@ -217,6 +257,69 @@ class FileDataset(ToyDataset):
         x, labels = self._cache[device]
         idx = torch.randint(x.shape[0], (n,), generator=generator, device=device)
         return x[idx], (None if labels is None else labels[idx])
+
+
+class HeldOut(ToyDataset):
+    """Held-out samples ``points: [M, *D]`` (training units) as a target to evaluate against.
+
+    ``bandwidth=None``: ``sample`` resamples the points (with replacement), without a density.
+    ``bandwidth=h``: the Gaussian kernel density estimate of the points,
+    p_h(y) = (1/M) sum_j N(y; y_j, h^2 I), with its exact ``log_prob`` and exact draws
+    y_J + h z (J uniform, z ~ N(0, I); the smoothed bootstrap, Silverman 1986, 6.4.1), so that a
+    calibrated evaluation's floors are those of a continuous law instead of M repeated points.
+    ``to_user_units`` maps to the file's units like the training data's.
+    """
+
+    def __init__(self, points: torch.Tensor, transform: Standardization | None = None, bandwidth: float | None = None,
+                 name: str = "held-out"):
+        self.event_shape = tuple(points.shape[1:])
+        self._x = points.to(torch.float64).reshape(points.shape[0], -1)
+        self.transform, self.name = transform, name
+        self.bandwidth = None if bandwidth is None else check_positive("bandwidth", bandwidth)
+        self._digest = hashlib.sha1(self._x.numpy().tobytes()).hexdigest()[:12]
+
+    def __len__(self) -> int:
+        return self._x.shape[0]
+
+    def __repr__(self) -> str:  # names the points by content: floor caches are keyed by it
+        smooth = "" if self.bandwidth is None else f", bandwidth={self.bandwidth:.6g}"
+        return f"HeldOut({self.name!r}, {len(self)} points, sha1 {self._digest}{smooth})"
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The held-out points, float64 ``[M, *D]`` (training units)."""
+        return self._x.reshape(-1, *self.event_shape)
+
+    def smoothed(self, bandwidth: float) -> "HeldOut":
+        """The same points as a kernel density estimate of bandwidth ``bandwidth`` (class docstring)."""
+        return HeldOut(self.data, self.transform, bandwidth, self.name)
+
+    @property
+    def has_log_prob(self) -> bool:
+        return self.bandwidth is not None
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p_h(x) = logsumexp_j (-|x - y_j|^2 / 2h^2) - log M - (d/2) log(2 pi h^2), ``[B]`` float64."""
+        if self.bandwidth is None:
+            raise NotImplementedError("HeldOut without a bandwidth has no density; use smoothed(h)")
+        h, (m, d) = self.bandwidth, self._x.shape
+        x = x.to(torch.float64).reshape(x.shape[0], -1)
+        ref = self._x.to(x.device)
+        const = math.log(m) + 0.5 * d * math.log(2 * math.pi * h * h)
+        out = [torch.logsumexp(torch.cdist(chunk, ref).pow_(2).div_(-2 * h * h), 1) - const
+               for chunk in x.split(max(1, 2**22 // max(1, m)))]
+        return torch.cat(out) if out else x.new_zeros(0)
+
+    def to_user_units(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.transform is None else self.transform.to_user_units(y)
+
+    def _draw(self, n, generator):
+        x = self._x.to(generator.device)
+        idx = torch.randint(x.shape[0], (n,), generator=generator, device=generator.device)
+        y = x[idx]
+        if self.bandwidth is not None:
+            y = y + self.bandwidth * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return y, None
 
 
 def _npz_names(path: Path) -> list[str]:

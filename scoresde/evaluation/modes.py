@@ -30,7 +30,7 @@ import torch
 from .._checks import check_generator, check_int, flat_points
 from ..data.toy import GaussianMixture
 
-__all__ = ["within_mode_errors", "within_mode_floor", "WITHIN_MODE_SCALARS"]
+__all__ = ["within_mode_errors", "within_mode_floor", "within_mode_draws", "WITHIN_MODE_SCALARS"]
 
 WITHIN_MODE_SCALARS = ("max_mean_error", "max_cov_error", "weight_error")
 """The scalar summaries of ``within_mode_errors`` (those with a floor)."""
@@ -92,16 +92,13 @@ def within_mode_errors(x, mixture: GaussianMixture) -> dict:
     return out
 
 
-def within_mode_floor(mixture: GaussianMixture, n: int, repeats: int = 200,
-                      generator: torch.Generator | None = None) -> dict:
-    """The i.i.d. floor of the scalar within-mode errors: ``repeats`` exact samples of size ``n``.
+def within_mode_draws(mixture: GaussianMixture, n: int, repeats: int = 200,
+                      generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+    """The scalar within-mode errors of ``repeats`` exact samples of size ``n``: ``{name: float64 [repeats]}``.
 
-    Returns ``{name: {"mean", "p05", "p95"}}`` for ``max_mean_error``, ``max_cov_error`` and
-    ``weight_error``; p05 / p95 are the empirical 5 % / 95 % quantiles over the repeats (linear
-    interpolation).  With 200 repeats the p95 estimate has a binomial standard error of about
-    sqrt(0.05 * 0.95 / 200) = 1.5 % in probability, i.e. it lies between the 92nd and 98th
-    percentiles.  Vectorised over repeats (chunks of ~2e6 points): 200 x 2000 points on a
-    25-component target take ~1 s.
+    The null distribution behind ``within_mode_floor`` (its band) and behind the empirical p-values
+    of ``scoresde.evaluation.floors`` (sorted draws).  Vectorised over repeats (chunks of ~2e6
+    points): 200 x 2000 points on a 25-component target take ~1 s.
     """
     mixture = _check_mixture(mixture)
     check_int("n", n, minimum=2)
@@ -115,8 +112,18 @@ def within_mode_floor(mixture: GaussianMixture, n: int, repeats: int = 200,
         stats = _batched(x, mixture)
         for k in WITHIN_MODE_SCALARS:
             vals[k].append(stats[k])
-    out = {}
-    for k, v in vals.items():
-        a = torch.cat(v).numpy()
-        out[k] = {"mean": float(a.mean()), "p05": float(np.quantile(a, 0.05)), "p95": float(np.quantile(a, 0.95))}
-    return out
+    return {k: torch.cat(v).numpy() for k, v in vals.items()}
+
+
+def within_mode_floor(mixture: GaussianMixture, n: int, repeats: int = 200,
+                      generator: torch.Generator | None = None) -> dict:
+    """The i.i.d. floor of the scalar within-mode errors: ``repeats`` exact samples of size ``n``.
+
+    Returns ``{name: {"mean", "p05", "p95"}}`` for ``max_mean_error``, ``max_cov_error`` and
+    ``weight_error``; p05 / p95 are the empirical 5 % / 95 % quantiles over the repeats (linear
+    interpolation) of ``within_mode_draws``.  With 200 repeats the p95 estimate has a binomial
+    standard error of about sqrt(0.05 * 0.95 / 200) = 1.5 % in probability, i.e. it lies between the
+    92nd and 98th percentiles.
+    """
+    return {k: {"mean": float(a.mean()), "p05": float(np.quantile(a, 0.05)), "p95": float(np.quantile(a, 0.95))}
+            for k, a in within_mode_draws(mixture, n, repeats, generator).items()}

@@ -30,8 +30,8 @@ from scipy.stats import binom
 
 from .._checks import check_generator, check_int, check_positive, flat_points
 
-__all__ = ["density_threshold", "outlier_rate", "binomial_band", "kde_log_prob", "scott_bandwidth", "cv_bandwidth",
-           "c2st", "precision_recall"]
+__all__ = ["density_threshold", "density_thresholds", "outlier_rate", "binomial_band", "kde_log_prob", "scott_bandwidth",
+           "cv_bandwidth", "c2st", "precision_recall"]
 
 
 _flat = flat_points
@@ -44,6 +44,28 @@ def _check_q(q: float) -> float:
 
 
 # -- density-quantile outlier rate ------------------------------------------------------------------
+def _log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``log_prob`` over the rows of ``x: [N, d]``, in chunks of 65 536 rows."""
+    return torch.cat([log_prob(c) for c in x.split(65536)])
+
+
+def density_thresholds(log_prob: Callable[[torch.Tensor], torch.Tensor], reference,
+                       qs) -> list[tuple[float, float]]:
+    """``(tau_q, level)`` for each q in ``qs``, from one pass of ``log_prob`` over ``reference: [N, d]``.
+
+    tau_q is the lower order statistic ceil(q N) of log p over the reference (``density_threshold``);
+    level = (1/N) #{j : log p(r_j) < tau_q}, the level actually reached on the reference: (ceil(q N) - 1) / N
+    without ties, less where log p has ties (a density with atoms).
+    """
+    qs = [_check_q(q) for q in qs]
+    lp = _log_probs(log_prob, _flat("reference", reference))
+    out = []
+    for q in qs:
+        tau = lp.kthvalue(max(1, math.ceil(q * lp.numel()))).values
+        out.append((float(tau), float((lp < tau).double().mean())))
+    return out
+
+
 def density_threshold(log_prob: Callable[[torch.Tensor], torch.Tensor], reference, q: float) -> float:
     """tau_q: the q-quantile (lower order statistic ceil(q N)) of ``log_prob`` over ``reference: [N, d]``.
 
@@ -53,10 +75,7 @@ def density_threshold(log_prob: Callable[[torch.Tensor], torch.Tensor], referenc
     support) the strict inequality of ``outlier_rate`` counts only points below the atom, so the
     expected rate is at most q (0 for the checkerboard: points off the board).
     """
-    q = _check_q(q)
-    lp = torch.cat([log_prob(c) for c in _flat("reference", reference).split(65536)])
-    k = max(1, math.ceil(q * lp.numel()))
-    return float(lp.kthvalue(k).values)
+    return density_thresholds(log_prob, reference, [q])[0][0]
 
 
 def outlier_rate(x, log_prob: Callable[[torch.Tensor], torch.Tensor], threshold: float) -> float:
@@ -66,8 +85,7 @@ def outlier_rate(x, log_prob: Callable[[torch.Tensor], torch.Tensor], threshold:
     x ~ p is q and the count is Binomial(n, q) (``binomial_band``): a calibrated measure of haze,
     bridges between modes and other mass where the target has (almost) none.
     """
-    lp = torch.cat([log_prob(c) for c in _flat("x", x).split(65536)])
-    return float((lp < threshold).double().mean())
+    return float((_log_probs(log_prob, _flat("x", x)) < threshold).double().mean())
 
 
 def binomial_band(n: int, p: float, lo: float = 0.05, hi: float = 0.95) -> tuple[float, float]:

@@ -23,8 +23,9 @@ transformer embedding of 1000 c, periods up to 10000).
 
 The body sees x * c_in, c_in = 1 / sqrt(alpha^2 data_std^2 + sigma^2) (EDM's c_in in VP
 coordinates: unit variance at every t for data of std ``data_std``; ``data_std=None`` feeds x as
-is).  Its output is read in one of three parameterisations, and ``score_fn`` turns it into a
-score with the bridges of ``scoresde.bridges`` (VP coordinates):
+is).  c_noise, c_in, c_skip and c_out come from ``scoresde.bridges.edm_coefficients``, as in
+``Preconditioned``.  Its output is read in one of three parameterisations, and ``score_fn`` turns
+it into a score with the bridges of ``scoresde.bridges`` (VP coordinates):
 
     "score"     s = out                     (or out / sigma(t) with ``scale_by_sigma``, NCSN style)
     "eps"       s = -out / sigma(t)         (DDPM's eps-network; ``bridges.eps_to_score``)
@@ -68,10 +69,13 @@ import torch
 from torch import nn
 
 from .._checks import check_generator, check_in, check_int, check_positive
-from ..bridges import denoiser_to_score, eps_to_score
+from ..bridges import denoiser_to_score, edm_coefficients, eps_to_score
 from ..sdes import SDE
 
-__all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "MLPBackbone", "ScoreMLP", "PARAMETERIZATIONS"]
+__all__ = [
+    "GaussianFourierEmbedding", "SinusoidalEmbedding", "MLPBackbone", "ScoreMLP", "PARAMETERIZATIONS",
+    "init_weights", "labels_or_null",
+]
 
 PARAMETERIZATIONS = ("score", "eps", "denoiser")
 
@@ -114,6 +118,30 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
+@torch.no_grad()
+def init_weights(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation of ``module``'s layers, drawn from ``generator``, never from torch's global RNG.
+
+    Build the layers under ``with torch.device("meta"):`` (allocated without drawing anything, and
+    without values); this materialises them on the CPU and initialises each once, in module order:
+    ``nn.Linear`` and ``nn.Conv*`` weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (nn.Linear's
+    own bound), ``nn.Embedding`` ~ N(0, 1), normalisation layers weight 1 and bias 0.  Used by
+    ``MLPBackbone`` and ``UNet``; other parameters and buffers (e.g. Fourier frequencies) are left alone.
+    """
+    for m in module.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            m.to_empty(device="cpu", recurse=False)
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            bound = 1 / math.sqrt(m.weight[0].numel())
+            m.weight.uniform_(-bound, bound, generator=generator)
+            if m.bias is not None:
+                m.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(m, nn.Embedding):
+            m.weight.normal_(generator=generator)
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.reset_parameters()
+
+
 def _check_event_shape(event_shape) -> tuple[int, ...]:
     if isinstance(event_shape, int):
         event_shape = (event_shape,)
@@ -121,6 +149,20 @@ def _check_event_shape(event_shape) -> tuple[int, ...]:
     if len(event_shape) < 1 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in event_shape):
         raise ValueError(f"`event_shape` must be a non-empty tuple of positive ints, got {event_shape!r}")
     return event_shape
+
+
+def labels_or_null(labels: torch.Tensor | None, num_classes: int, like: torch.Tensor, name: str) -> torch.Tensor | None:
+    """The labels a model with ``num_classes`` classes uses: ``labels``, or for None the null label
+    ``num_classes`` for every sample (``[B]`` int64 like ``like [B]``); None for an unconditional model
+    (num_classes = 0), which refuses labels with an error naming ``name``.  Used by ``MLPBackbone``,
+    ``UNet`` and ``Preconditioned``."""
+    if num_classes == 0:
+        if labels is not None:
+            raise ValueError(f"`labels` given to an unconditional {name} (num_classes=0)")
+        return None
+    if labels is None:
+        return torch.full(like.shape, num_classes, dtype=torch.long, device=like.device)
+    return labels
 
 
 class NullLabel:
@@ -193,24 +235,13 @@ class MLPBackbone(nn.Module):
         if input_features:
             freqs = torch.randn(input_features // 2, self.dim, generator=generator) * input_fourier_scale
         self.register_buffer("input_freqs", freqs)
-        # skip_init: allocate without drawing from torch's global RNG; _init_weights uses `generator`.
-        linear = partial(nn.utils.skip_init, nn.Linear)
-        self.noise_mlp = nn.Sequential(linear(embedding_dim, width), nn.SiLU(), linear(width, width))
-        self.label_embedding = nn.utils.skip_init(nn.Embedding, num_classes + 1, width) if num_classes > 0 else None
-        self.input = linear(self.dim + input_features, width)
-        self.blocks = nn.ModuleList(linear(width, width) for _ in range(depth))
-        self.output = linear(width, self.dim)
-        self._init_weights(generator)
-
-    @torch.no_grad()
-    def _init_weights(self, generator: torch.Generator) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                bound = 1 / math.sqrt(m.in_features)
-                m.weight.uniform_(-bound, bound, generator=generator)
-                m.bias.uniform_(-bound, bound, generator=generator)
-            elif isinstance(m, nn.Embedding):
-                m.weight.normal_(generator=generator)
+        with torch.device("meta"):  # allocated without drawing from torch's global RNG; init_weights draws them
+            self.noise_mlp = nn.Sequential(nn.Linear(embedding_dim, width), nn.SiLU(), nn.Linear(width, width))
+            self.label_embedding = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
+            self.input = nn.Linear(self.dim + input_features, width)
+            self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+            self.output = nn.Linear(width, self.dim)
+        init_weights(self, generator)
 
     @property
     def config(self) -> dict:
@@ -222,12 +253,9 @@ class MLPBackbone(nn.Module):
         cond = self.noise_mlp(self.embed(c_noise.to(h.dtype)))
         if labels is not None and labels.shape != c_noise.shape:
             raise ValueError(f"`labels` must have shape [B] = [{c_noise.shape[0]}], got {tuple(labels.shape)}")
-        if self.label_embedding is not None:
-            if labels is None:
-                labels = torch.full_like(c_noise, self.num_classes, dtype=torch.long)
+        labels = labels_or_null(labels, self.num_classes, c_noise, name)
+        if labels is not None:
             cond = cond + self.label_embedding(labels)
-        elif labels is not None:
-            raise ValueError(f"`labels` given to an unconditional {name} (num_classes=0)")
         if self.input_freqs is not None:
             args = (2 * math.pi) * h @ self.input_freqs.to(h.dtype).T
             h = torch.cat([h, torch.sin(args), torch.cos(args)], dim=1)
@@ -345,25 +373,19 @@ class ScoreMLP(NullLabel, MLPBackbone):
                 f"expected x [B, *{self.event_shape}] and t [B], got x {tuple(x.shape)} and t {tuple(t.shape)}"
             )
         weight = self.input.weight
-        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
-        if self.noise_input == "log_sigma":
-            c_noise = 0.25 * torch.log(sigma / alpha)
-        else:
-            c_noise = t
+        c = edm_coefficients(self.sde, t, 1.0 if self.data_std is None else self.data_std)
+        c_noise = c["c_noise"] if self.noise_input == "log_sigma" else t
         h_in = x.reshape(x.shape[0], self.dim).to(weight.dtype)
         h = h_in
         if self.data_std is not None:
-            c_in = torch.rsqrt(alpha**2 * self.data_std**2 + sigma**2)
-            h = h * c_in.to(weight.dtype)[:, None]
+            h = h * c["c_in_vp"].to(weight.dtype)[:, None]
         out = self._body(h, c_noise, labels, "ScoreMLP")
         if self.scale_by_sigma:
-            out = out / sigma.to(out.dtype)[:, None]
+            out = out / c["sigma"].to(out.dtype)[:, None]
         elif self.parameterization == "denoiser" and self.data_std is not None:
             # EDM preconditioning in VE-ised coordinates: D = c_skip x/alpha + c_out F.
-            sigma_ve, s2 = sigma / alpha, self.data_std**2
-            c_skip = s2 / (sigma_ve**2 + s2) / alpha
-            c_out = sigma_ve * self.data_std * torch.rsqrt(sigma_ve**2 + s2)
-            out = c_skip.to(out.dtype)[:, None] * h_in + c_out.to(out.dtype)[:, None] * out
+            c_skip = c["c_skip"] / c["alpha"]
+            out = c_skip.to(out.dtype)[:, None] * h_in + c["c_out"].to(out.dtype)[:, None] * out
         return out.reshape(x.shape).to(x.dtype)
 
     def score_fn(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

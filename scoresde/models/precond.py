@@ -1,7 +1,8 @@
 """Preconditioning separate from the backbone: any ``backbone(x_in, c_noise[, labels])`` becomes a score model.
 
 EDM's vocabulary (Karras et al. 2022, Table 1 and Sec. 5), in VE-ised coordinates x~ = x / alpha,
-sigma~ = sigma(t) / alpha(t) (``docs/conventions.md``), with sigma_d = ``sigma_data``:
+sigma~ = sigma(t) / alpha(t) (``docs/conventions.md``), with sigma_d = ``sigma_data``, computed by
+``scoresde.bridges.edm_coefficients`` (re-exported here; ``ScoreMLP`` uses the same):
 
     c_in    = 1 / sqrt(sigma~^2 + sigma_d^2)        the backbone sees x_in = c_in x~ = x / sqrt(sigma^2 + alpha^2 sigma_d^2)
     c_noise = ln(sigma~) / 4                          its noise input
@@ -40,25 +41,13 @@ import torch
 from torch import nn
 
 from .._checks import append_dims, check_generator, check_in, check_int, check_positive
+from ..bridges import edm_coefficients, score_to_denoiser
 from ..sdes import SDE
-from .mlp import NullLabel
+from .mlp import NullLabel, labels_or_null
 
 __all__ = ["PARAMETERIZATIONS", "Preconditioned", "edm_coefficients"]
 
 PARAMETERIZATIONS = ("score", "eps", "denoiser", "v")
-
-
-def edm_coefficients(sde: SDE, t: torch.Tensor, sigma_data: float = 1.0) -> dict[str, torch.Tensor]:
-    """EDM's c_in, c_noise, c_skip, c_out at times ``t [B]`` (VE-ised coordinates; see the module docstring).
-
-    Also returns alpha, sigma and sigma_ve = sigma / alpha, all ``[B]`` in ``t``'s dtype.
-    """
-    alpha, sigma = sde.alpha(t), sde.sigma(t)
-    sigma_ve = sigma / alpha
-    s2 = sigma_data**2
-    root = torch.sqrt(sigma_ve**2 + s2)
-    return {"alpha": alpha, "sigma": sigma, "sigma_ve": sigma_ve, "c_in": 1 / root,
-            "c_noise": 0.25 * torch.log(sigma_ve), "c_skip": s2 / (sigma_ve**2 + s2), "c_out": sigma_ve * sigma_data / root}
 
 
 # Where scoresde 0.1 kept the model classes before the package layout (models/): checkpoints
@@ -150,13 +139,10 @@ class Preconditioned(NullLabel, nn.Module):
         if x.shape[1:] != self.event_shape or t.shape != x.shape[:1]:
             raise ValueError(f"expected x [B, *{self.event_shape}] and t [B], got x {tuple(x.shape)} and t {tuple(t.shape)}")
         c = edm_coefficients(self.sde, t, self.sigma_data)
-        x_in = append_dims(torch.rsqrt(c["sigma"] ** 2 + c["alpha"] ** 2 * self.sigma_data**2), x.ndim).to(x.dtype) * x
-        if self.num_classes > 0:
-            if labels is None:
-                labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
+        x_in = append_dims(c["c_in_vp"], x.ndim).to(x.dtype) * x  # = c_in x~
+        labels = labels_or_null(labels, self.num_classes, t, "model")
+        if labels is not None:
             out = self.backbone(x_in, c["c_noise"].to(x.dtype), labels)
-        elif labels is not None:
-            raise ValueError("`labels` given to an unconditional model (num_classes=0)")
         else:
             out = self.backbone(x_in, c["c_noise"].to(x.dtype))
         if out.shape != x.shape:
@@ -167,7 +153,7 @@ class Preconditioned(NullLabel, nn.Module):
         """The model's estimate in its parameterisation: the score, eps, the denoised x0 (D) or v; shape of ``x``."""
         out, c = self._backbone(x, t, labels)
         if self.parameterization == "score":
-            return out * torch.rsqrt(c["sigma"] ** 2 + c["alpha"] ** 2 * self.sigma_data**2)
+            return out * c["c_in_vp"]
         if self.parameterization == "denoiser":
             return c["c_skip"] * x / c["alpha"] + c["c_out"] * out
         return out  # eps, v
@@ -175,20 +161,16 @@ class Preconditioned(NullLabel, nn.Module):
     def score_fn(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The score grad_x log p_t(x | labels) in VP coordinates, ``[B, *event_shape]`` (module docstring)."""
         out, c = self._backbone(x, t, labels)
-        alpha, sigma = c["alpha"], c["sigma"]
-        total = sigma**2 + alpha**2 * self.sigma_data**2
         if self.parameterization == "score":
-            return out * torch.rsqrt(total)
+            return out * c["c_in_vp"]
         if self.parameterization == "eps":
-            return -out / sigma
+            return -out / c["sigma"]
         sign = 1.0 if self.parameterization == "denoiser" else -1.0
-        return -x / total + sign * self.sigma_data / (sigma * torch.sqrt(c["sigma_ve"] ** 2 + self.sigma_data**2)) * out
+        return -x / c["var"] + sign * self.sigma_data / (c["sigma"] * c["std_ve"]) * out
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """D = x0_hat = (x + sigma^2 score) / alpha (Tweedie), for any parameterisation."""
-        c = edm_coefficients(self.sde, t, self.sigma_data)
-        alpha, sigma = (append_dims(v.to(x.dtype), x.ndim) for v in (c["alpha"], c["sigma"]))
-        return (x + sigma**2 * self.score_fn(x, t, labels)) / alpha
+        """D = x0_hat = (x + sigma^2 score) / alpha (Tweedie, ``bridges.score_to_denoiser``), for any parameterisation."""
+        return score_to_denoiser(partial(self.score_fn, labels=labels), self.sde)(x, t)
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, parameterization={self.parameterization!r}, sigma_data={self.sigma_data}"

@@ -5,7 +5,8 @@ Each sampler is a small frozen dataclass of hyperparameters; the problem is pass
     x = sampler.sample(score_fn, sde, (n, 2), generator=torch.Generator().manual_seed(0))
     result = sampler.run(score_fn, sde, (n, 2), generator=g)   # result.x, result.nfe
 
-Families: ``Langevin``, ``AnnealedLangevin`` (langevin); ``ReverseSDE`` with an
+Families: ``Langevin``, ``AnnealedLangevin`` (langevin; ``temperature``, MALA with ``metropolis``);
+``SimulatedAnnealing`` (annealing); ``ReverseSDE`` with an
 ``EulerMaruyamaPredictor``, ``ReverseDiffusionPredictor`` or ``AncestralPredictor``;
 ``PredictorCorrector`` with a ``LangevinCorrector`` or ``AnnealedLangevinCorrector``;
 ``ProbabilityFlowODE`` (fixed-step Euler/Heun/RK4 in EDM's variables, or scipy adaptive); ``DDPM``
@@ -31,7 +32,8 @@ from .base import (
 from .dpm_solver import DPMSolverPP
 from .edm import EDMHeun
 from .correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector
-from .langevin import AnnealedLangevin, Langevin
+from .langevin import AnnealedLangevin, Langevin, MetropolisResult
+from .annealing import AnnealingStepInfo, SimulatedAnnealing
 from .ode import ProbabilityFlowODE
 from .pc import DDIM, DDPM, PredictorCorrector, ReverseSDE
 from .unipc import UniPC
@@ -46,7 +48,7 @@ from .predictors import (
 __all__ = [
     "Sampler", "FixedGridSampler", "StepContext", "SampleResult", "StepInfo", "CountedScore",
     "NonFiniteScoreError", "tweedie_denoise",
-    "Langevin", "AnnealedLangevin",
+    "Langevin", "AnnealedLangevin", "MetropolisResult", "SimulatedAnnealing", "AnnealingStepInfo",
     "Predictor", "EulerMaruyamaPredictor", "ReverseDiffusionPredictor", "AncestralPredictor", "DDIMPredictor",
     "Corrector", "LangevinCorrector", "AnnealedLangevinCorrector",
     "PredictorCorrector", "ReverseSDE", "DDPM", "DDIM", "ProbabilityFlowODE",
@@ -60,6 +62,7 @@ from types import MappingProxyType as _MappingProxyType  # noqa: E402
 FAST_SETTINGS = _MappingProxyType({
     "Langevin": {"num_steps": 20},
     "AnnealedLangevin": {"num_levels": 4, "steps_per_level": 5},
+    "SimulatedAnnealing": {"num_steps": 20},
     "ReverseSDE": {"num_steps": 10},
     "PredictorCorrector": {"num_steps": 10},
     "ProbabilityFlowODE": {"num_steps": 10, "rtol": 1e-3, "atol": 1e-3},

@@ -12,10 +12,10 @@ N decreasing times from (about) T to t_min, built by ``sampler.grid`` (``scoresd
 = ``sde.timesteps(num_steps)``, the default of the samplers that predate grids) or passed as
 ``run(..., ts=...)``.  Step i goes from ts[i] to ts[i+1] (``step``), and the step out of the last grid
 time goes to clean data (sigma = 0) (``final_step``, by default Tweedie's formula
-x_0 = (x + sigma^2 s) / alpha).  That final step is exactly the last step of DDPM (x_1 -> x_0, no
-noise), of DDIM, of SMLD's ancestral sampler and of EDM (its Euler step to sigma = 0), and the
-"denoise" of NCSN/score_sde for the others; it is explicit here (``denoise=True``), not an implicit
-trailing zero as in k-diffusion.  With ``denoise=False`` the run stops at ts[-1] and returns a sample
+x_0 = (x + sigma^2 s) / alpha, ``bridges.tweedie``).  That final step is exactly the last step of
+DDPM (x_1 -> x_0, no noise), of DDIM, of SMLD's ancestral sampler and of EDM (its Euler step to
+sigma = 0), and the "denoise" of NCSN/score_sde for the others; it is explicit here
+(``denoise=True``), not an implicit trailing zero as in k-diffusion.  With ``denoise=False`` the run stops at ts[-1] and returns a sample
 of p_{ts[-1]} (one score evaluation fewer).  The loop (``FixedGridSampler._sample``) is written once:
 grid, per-sample time tensors, callbacks, progress bar, final denoise and NFE; a method owns only
 its update (``step``, which may evaluate the score several times and keep history in ``ctx.state``).
@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .._checks import append_dims, check_generator, check_int, check_shape, trusted_times
+from .._checks import check_device, check_generator, check_int, check_shape, trusted_times
+from ..bridges import tweedie, tweedie_denoise
 from ..grids import check_ts, resolve_grid
 from ..sdes import SDE, ScoreFn
 from .scorecalls import CountedScore, NonFiniteScoreError, PerSampleGenerator, check_seeds, randn_like
@@ -87,13 +88,6 @@ class SampleResult:
 
     x: torch.Tensor
     nfe: int
-
-
-def tweedie_denoise(score: torch.Tensor, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Tweedie's formula E[x_0 | x_t] = (x + sigma(t)^2 s) / alpha(t) given the score ``s`` at (x, t)."""
-    alpha = append_dims(sde.alpha(t).to(x.dtype), x.ndim)
-    sigma = append_dims(sde.sigma(t).to(x.dtype), x.ndim)
-    return (x + sigma**2 * score) / alpha
 
 
 LONG_RUN = 1000
@@ -167,9 +161,14 @@ class Sampler(abc.ABC):
             if not isinstance(self, FixedGridSampler) or not self.uses_grid:
                 raise ValueError(f"`ts` is accepted by fixed-step samplers only, not by {self!r}")
             ts = check_ts(ts, sde)
+        if device is not None:
+            device = check_device("device", device)  # e.g. CUDA on a machine without it: a clear error here
         if x_init is not None:
             if not torch.is_tensor(x_init):
                 raise TypeError(f"`x_init` must be a tensor, got {type(x_init).__name__}")
+            if x_init.is_meta:
+                raise ValueError("`x_init` is on the meta device (a shape without values); give a tensor with values "
+                                 "(or `shape` for a draw from the prior)")
             if shape is not None and tuple(x_init.shape) != check_shape("shape", shape):
                 raise ValueError(f"`x_init` has shape {tuple(x_init.shape)} but `shape` is {tuple(shape)}")
             check_shape("x_init.shape", tuple(x_init.shape))
@@ -262,8 +261,8 @@ class StepContext:
         return self.score_fn(x, t)
 
     def denoised(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Tweedie's D = (x + sigma_i^2 s(x, ts[i])) / alpha_i in VP coordinates (1 NFE)."""
-        return (x + self._sigma[i] ** 2 * self.score(x, i)) / self._alpha[i]
+        """Tweedie's D = (x + sigma_i^2 s(x, ts[i])) / alpha_i in VP coordinates, float64 alpha_i, sigma_i (1 NFE)."""
+        return tweedie(x, self.score(x, i), self._alpha[i], self._sigma[i])
 
     def alpha(self, i: int) -> float:
         return self._alpha[i]
@@ -296,6 +295,14 @@ class FixedGridSampler(Sampler):
     #: False for a subclass configured not to use the grid (``ProbabilityFlowODE`` with scipy).
     uses_grid = True
 
+    #: Where ``final_step`` takes Tweedie's alpha and sigma at the last grid time: False (default) the
+    #: float64 grid values (``StepContext.denoised``); True alpha(t), sigma(t) of the ``[B]`` time tensor
+    #: in x's dtype (``bridges.tweedie_denoise``).  The same formula; in float32 the two differ in the
+    #: last bits.  True for the predictor-corrector family (``PredictorCorrector``, ``ReverseSDE``,
+    #: ``DDPM``, ``DDIM``): the arithmetic they had before the shared loop, kept so that their samples
+    #: stay bit for bit.
+    final_from_time_tensor = False
+
     def check_grid_fields(self) -> None:
         """Validate ``num_steps``, ``grid`` and ``denoise`` (call from ``__post_init__``)."""
         check_steps("num_steps", self.num_steps)
@@ -312,8 +319,12 @@ class FixedGridSampler(Sampler):
         """Advance x (VP coordinates) from ts[i] to ts[i+1], for i = 0 .. N-2; return (x, x_mean)."""
 
     def final_step(self, ctx: StepContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Out of the last grid time to sigma = 0: Tweedie x0 = D(x, ts[N-1]) (1 NFE)."""
-        x0 = ctx.denoised(x, ctx.num_steps - 1)
+        """Out of the last grid time to sigma = 0: Tweedie x0 = D(x, ts[N-1]) (1 NFE; ``final_from_time_tensor``)."""
+        i = ctx.num_steps - 1
+        if self.final_from_time_tensor:
+            x0 = tweedie_denoise(ctx.score(x, i), ctx.sde, x, ctx.t(i, x))
+        else:
+            x0 = ctx.denoised(x, i)
         return x0, x0
 
     def finish(self, ctx: StepContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

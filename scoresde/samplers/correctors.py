@@ -19,6 +19,12 @@ schedule (score_sde uses an index into a discrete table, issue #73; a = 1 for VE
   ``AnnealedLangevinCorrector`` for d below a few tens.
 * ``AnnealedLangevinCorrector`` (score_sde's ``AnnealedLangevinDynamics``, NCSN's step rule):
   eps = 2 a (r sigma(t))^2,  x_mean = x + eps s,  x = x_mean + sqrt(2 eps) z.
+
+**Temperature** T > 0 (both correctors, default 1 = the updates above bit for bit): the noise is
+scaled by sqrt(T), x = x_mean + sqrt(2 eps T) z, so the step is the Euler step eta = eps T of
+dx = grad log pi_T dt + sqrt(2) dW with pi_T ~ p_t^(1/T), the Boltzmann distribution of U = -log p_t
+at temperature T (``docs/conventions.md``, "Temperature, MALA, annealing"; ``samplers.langevin``).
+The step-size rules are unchanged (they read the untempered score s).
 """
 from __future__ import annotations
 
@@ -52,14 +58,17 @@ def _one_step_alpha(sde: SDE, t: torch.Tensor, t_next: torch.Tensor) -> torch.Te
 
 @dataclass(frozen=True)
 class LangevinCorrector(Corrector):
-    """Langevin corrector with the signal-to-noise step rule; ``snr`` > 0, ``norm`` in per_sample | batch | sqrt_d."""
+    """Langevin corrector with the signal-to-noise step rule; ``snr`` > 0, ``norm`` in per_sample | batch | sqrt_d,
+    ``temperature`` > 0."""
 
     snr: float = 0.1
     norm: str = "per_sample"
+    temperature: float = 1.0
 
     def __post_init__(self):
         check_positive("snr", self.snr)
         check_in("norm", self.norm, ("per_sample", "batch", "sqrt_d"))
+        check_positive("temperature", self.temperature)
 
     def step(self, x, score_fn, sde, t, t_next, generator):
         score = score_fn(x, t)
@@ -75,21 +84,23 @@ class LangevinCorrector(Corrector):
         eps = 2 * a * (self.snr * noise_norm / score_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
         eps = append_dims(eps, x.ndim)
         x_mean = x + eps * score
-        return x_mean + (2 * eps).sqrt() * z, x_mean
+        return x_mean + (2 * self.temperature * eps).sqrt() * z, x_mean
 
 
 @dataclass(frozen=True)
 class AnnealedLangevinCorrector(Corrector):
-    """NCSN-style corrector: step 2 a (snr sigma(t))^2; ``snr`` > 0."""
+    """NCSN-style corrector: step 2 a (snr sigma(t))^2; ``snr`` > 0, ``temperature`` > 0."""
 
     snr: float = 0.1
+    temperature: float = 1.0
 
     def __post_init__(self):
         check_positive("snr", self.snr)
+        check_positive("temperature", self.temperature)
 
     def step(self, x, score_fn, sde, t, t_next, generator):
         score = score_fn(x, t)
         a = _one_step_alpha(sde, t, t_next).to(x.dtype)
         eps = append_dims(2 * a * (self.snr * sde.sigma(t).to(x.dtype)) ** 2, x.ndim)
         x_mean = x + eps * score
-        return x_mean + (2 * eps).sqrt() * randn_like(x, generator), x_mean
+        return x_mean + (2 * self.temperature * eps).sqrt() * randn_like(x, generator), x_mean

@@ -12,13 +12,13 @@ earlier grid times (multistep: one model evaluation per step).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .._checks import check_in, check_int, check_nonnegative
 from ..grids import Grid
+from . import _scalar
 from .base import FixedGridSampler, StepContext
 
 __all__ = ["DPMSolverPP"]
@@ -26,7 +26,7 @@ __all__ = ["DPMSolverPP"]
 
 def _phi2(h: float) -> float:
     """Weight of the first divided difference: (e^{-h} - 1)/h + 1 = (1/h) int_0^h e^{u-h} u du."""
-    return math.expm1(-h) / h + 1.0
+    return _scalar.expm1(-h) / h + 1.0
 
 
 def _phi3(h: float) -> float:
@@ -130,14 +130,14 @@ class DPMSolverPP(FixedGridSampler):
         order = self.step_order(i, ctx.num_steps)
 
         # first-order part: exact for constant D
-        x_mean = (ctx.sigma(i + 1) / ctx.sigma(i)) * math.exp(-self.eta * h) * x
-        update = -math.expm1(-h_eta) * D0
+        x_mean = (ctx.sigma(i + 1) / ctx.sigma(i)) * _scalar.exp(-self.eta * h) * x
+        update = -_scalar.expm1(-h_eta) * D0
         if order >= 2:
             lam_1, D1 = history[-1]
             r0 = (lam_s - lam_1) / h
             d10 = (D0 - D1) / r0
             if order == 2:
-                c1 = -0.5 * math.expm1(-h_eta) if self.solver_type == "midpoint" else _phi2(h_eta)
+                c1 = -0.5 * _scalar.expm1(-h_eta) if self.solver_type == "midpoint" else _phi2(h_eta)
                 update = update + c1 * d10
             else:
                 lam_2, D2 = history[-2]
@@ -154,5 +154,5 @@ class DPMSolverPP(FixedGridSampler):
         del history[: -max(self.order - 1, 1)]
         if self.eta == 0:
             return x_mean, x_mean
-        noise_std = ctx.sigma(i + 1) * math.sqrt(-math.expm1(-2.0 * self.eta * h))
+        noise_std = ctx.sigma(i + 1) * _scalar.sqrt(-_scalar.expm1(-2.0 * self.eta * h))
         return x_mean + noise_std * ctx.noise(x), x_mean

@@ -12,8 +12,10 @@ and sigma~_N = 0 (the final step), for i = 0 .. N-1:
     if sigma~_{i+1} > 0:  x~_{i+1} = x^ + (sigma~_{i+1} - sigma^) (d + d')/2,  d' at (x~_{i+1}, sigma~_{i+1})
 
 With S_churn = 0 this is Alg. 1 (deterministic), i.e. k-diffusion's ``sample_heun`` on the sigmas
-(sigma~_0 .. sigma~_{N-1}, 0).  The step to sigma~ = 0 is Euler, x_0 = D: the final Tweedie denoise
-(``denoise=False`` stops at the last grid time instead).  NFE = 2N - 1.
+(sigma~_0 .. sigma~_{N-1}, 0).  The Heun step is the probability-flow ODE's (``ode.pf_ode_step``,
+method "heun"), started from the churned point (x^, sigma~^).  The step to sigma~ = 0 is Euler,
+x_0 = D(x^; sigma^): Tweedie's formula (``bridges.tweedie``) at the churned point (``denoise=False``
+stops at the last grid time instead).  NFE = 2N - 1.
 The state is kept in VP coordinates x = alpha x~ between steps, and times come from the SDE
 (sigma^ through ``SDE.t_from_sigma_ve``), so any SDE works.  Differences from EDM: sigma^ is capped
 at sigma~(T), because the score is defined on [t_min, T] only (EDM lets churn push above sigma_max);
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_nonnegative, check_positive
+from ..bridges import tweedie
 from ..grids import Grid
 from .base import FixedGridSampler, StepContext, batch_time
+from .ode import pf_ode_step
 
 __all__ = ["EDMHeun"]
 
@@ -68,17 +72,14 @@ class EDMHeun(FixedGridSampler):
         return alpha * x_ve, sig_hat, batch_time(float(t_hat), x), alpha, sigma
 
     def step(self, ctx, x, i):
-        x_hat, sig_hat, t_hat, alpha_hat, sigma_hat = self._churn(ctx, x, i)
-        x_hat_ve = x_hat / alpha_hat
-        d = -sigma_hat * ctx.score_at(x_hat, t_hat)  # (x~^ - D)/sigma~^ = -sigma(t^) s(x^, t^)
-        sig_next = ctx.sigma_ve(i + 1)
-        x_next = x_hat_ve + (sig_next - sig_hat) * d  # Euler
-        d_next = -ctx.sigma(i + 1) * ctx.score(ctx.alpha(i + 1) * x_next, i + 1)
-        x_next = x_hat_ve + (sig_next - sig_hat) * (0.5 * d + 0.5 * d_next)  # trapezoidal correction
-        x = ctx.alpha(i + 1) * x_next
+        # Alg. 2 lines 4-6 (churn), then lines 7-11: Heun's step of the PF-ODE from (x^, sigma~^) to sigma~_{i+1}
+        # (d = -sigma(t^) s(x^, t^), Euler, trapezoidal correction with d' at the Euler point)
+        x = pf_ode_step(ctx, x, i, "heun", start=self._churn(ctx, x, i))
         return x, x
 
     def final_step(self, ctx, x):
+        # Alg. 2's last step, sigma~_N = 0: churn, then Euler to sigma~ = 0, which is D(x^; sigma~^).  The base
+        # class's ``final_step`` is the same Tweedie step at the grid time, i.e. without churn.
         x_hat, _, t_hat, alpha_hat, sigma_hat = self._churn(ctx, x, ctx.num_steps - 1)
-        x0 = (x_hat + sigma_hat**2 * ctx.score_at(x_hat, t_hat)) / alpha_hat  # Euler to sigma~ = 0 is D
+        x0 = tweedie(x_hat, ctx.score_at(x_hat, t_hat), alpha_hat, sigma_hat)
         return x0, x0

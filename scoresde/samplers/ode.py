@@ -42,22 +42,37 @@ from .base import FixedGridSampler, StepInfo, batch_time, tweedie_denoise
 __all__ = ["ProbabilityFlowODE", "pf_ode_step"]
 
 
-def pf_ode_step(ctx, x: torch.Tensor, i: int, method: str) -> torch.Tensor:
-    """One fixed step of the PF-ODE from ts[i] to ts[i+1] in EDM's variables (module docstring)."""
-    s, s_next = ctx.sigma_ve(i), ctx.sigma_ve(i + 1)
-    knots = {s: (i, ctx.alpha(i), ctx.sigma(i)), s_next: (i + 1, ctx.alpha(i + 1), ctx.sigma(i + 1))}
+def pf_ode_step(ctx, x: torch.Tensor, i: int, method: str, start: tuple | None = None) -> torch.Tensor:
+    """One fixed step of the PF-ODE to ts[i+1] in EDM's variables (module docstring): dx~/dsigma~ =
+    -sigma(t) s(alpha x~, t), integrated by ``integrators.rk_step``; returns x at ts[i+1] (VP coordinates).
+
+    ``start``: None to start from (x, ts[i]); or ``(x^, sigma~^, t^ [B], alpha^, sigma^)`` to start from
+    x^ at the noise level sigma~^ = sigma(t^)/alpha(t^) (EDM's churned point, Alg. 2; ``EDMHeun``).
+    Then the first velocity is taken at x^ itself, not at alpha^ (x^ / alpha^): equal in exact
+    arithmetic, and how EDMHeun has always computed it (its outputs stay bit for bit); the plain
+    start keeps the sampler's own arithmetic, alpha_i (x / alpha_i), for the same reason.
+    """
+    if start is None:
+        s, x_start = ctx.sigma_ve(i), None
+        knots = {s: (ctx.t(i, x), ctx.alpha(i), ctx.sigma(i))}
+    else:
+        x_start, s, t_start, alpha_start, sigma_start = start
+        knots = {s: (t_start, alpha_start, sigma_start)}
+        x = x_start
+    s_next = ctx.sigma_ve(i + 1)
+    knots[s_next] = (ctx.t(i + 1, x), ctx.alpha(i + 1), ctx.sigma(i + 1))
 
     def velocity(x_ve: torch.Tensor, sig: float) -> torch.Tensor:  # dx~/dsigma~ = -sigma(t) s(alpha x~, t)
         if sig in knots:
-            j, alpha, sigma = knots[sig]
-            tb = ctx.t(j, x_ve)
+            tb, alpha, sigma = knots[sig]
         else:  # an intermediate stage (rk4): its time through the SDE
             t = ctx.sde.t_from_sigma_ve(torch.tensor([sig], dtype=torch.float64))
             alpha, sigma = float(ctx.sde.alpha(t)), float(ctx.sde.sigma(t))
             tb = batch_time(float(t), x_ve)
-        return -sigma * ctx.score_at(alpha * x_ve, tb)
+        point = x_start if x_start is not None and sig == s else alpha * x_ve  # only the first stage is at s
+        return -sigma * ctx.score_at(point, tb)
 
-    x_ve = integrators.rk_step(velocity, x / ctx.alpha(i), s, s_next, method)
+    x_ve = integrators.rk_step(velocity, x / knots[s][1], s, s_next, method)
     return ctx.alpha(i + 1) * x_ve
 
 

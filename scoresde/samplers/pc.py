@@ -21,7 +21,7 @@ import torch
 
 from .._checks import check_in, check_int
 from ..grids import Grid
-from .base import FixedGridSampler, StepContext, batch_time, tweedie_denoise
+from .base import FixedGridSampler, StepContext, batch_time
 from .correctors import AnnealedLangevinCorrector, Corrector
 from .predictors import AncestralPredictor, DDIMPredictor, EulerMaruyamaPredictor, Predictor, ReverseDiffusionPredictor
 
@@ -46,17 +46,8 @@ def correct(corrector: Corrector | None, steps: int, ctx: StepContext, x: torch.
     return x
 
 
-class _TweedieFinal:
-    """Final step to sigma = 0 by Tweedie's formula with the [B] time tensor (today's arithmetic, bit for bit)."""
-
-    def final_step(self, ctx, x):
-        tb = ctx.t(ctx.num_steps - 1, x)
-        x0 = tweedie_denoise(ctx.score(x, ctx.num_steps - 1), ctx.sde, x, tb)
-        return x0, x0
-
-
 @dataclass(frozen=True)
-class PredictorCorrector(_TweedieFinal, FixedGridSampler):
+class PredictorCorrector(FixedGridSampler):
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1); ``predictor`` or ``corrector`` may be None.
 
     Defaults (reverse diffusion + ``AnnealedLangevinCorrector(snr=0.1)``, 200 steps, corrector
@@ -65,6 +56,8 @@ class PredictorCorrector(_TweedieFinal, FixedGridSampler):
     ``LangevinCorrector`` with per-sample norms is not the default because in low dimension its
     step is heavy-tailed (see its docstring); with ``norm="batch"`` it does as well.
     """
+
+    final_from_time_tensor = True  # Tweedie with the [B] time tensor: bit for bit as before (FixedGridSampler)
 
     predictor: Predictor | None = field(default_factory=ReverseDiffusionPredictor)
     corrector: Corrector | None = field(default_factory=AnnealedLangevinCorrector)
@@ -103,8 +96,10 @@ class PredictorCorrector(_TweedieFinal, FixedGridSampler):
 
 
 @dataclass(frozen=True)
-class ReverseSDE(_TweedieFinal, FixedGridSampler):
+class ReverseSDE(FixedGridSampler):
     """Reverse-time SDE with one predictor and no corrector (Euler–Maruyama by default), on any grid."""
+
+    final_from_time_tensor = True  # Tweedie with the [B] time tensor: bit for bit as before (FixedGridSampler)
 
     predictor: Predictor = field(default_factory=EulerMaruyamaPredictor)
     num_steps: int = 500
@@ -121,7 +116,7 @@ class ReverseSDE(_TweedieFinal, FixedGridSampler):
 
 
 @dataclass(frozen=True)
-class DDPM(_TweedieFinal, FixedGridSampler):
+class DDPM(FixedGridSampler):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), in score form, on any grid.
 
     With eps = -sigma s, the step x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)
@@ -135,6 +130,8 @@ class DDPM(_TweedieFinal, FixedGridSampler):
     "trailing" | "linspace" visits exactly diffusers' timesteps for that ``timestep_spacing``; on a
     continuous SDE any grid of ``scoresde.grids`` works.
     """
+
+    final_from_time_tensor = True  # Tweedie with the [B] time tensor: bit for bit as before (FixedGridSampler)
 
     num_steps: int = 1000
     variance: str = "large"
@@ -151,7 +148,7 @@ class DDPM(_TweedieFinal, FixedGridSampler):
 
 
 @dataclass(frozen=True)
-class DDIM(_TweedieFinal, FixedGridSampler):
+class DDIM(FixedGridSampler):
     """DDIM (Song, Meng & Ermon 2021, eq. 12): ``DDIMPredictor`` on any grid; eta = 0 is deterministic.
 
     x0 = (x + sigma^2 s)/alpha, eps = -sigma s, x' = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z with
@@ -162,6 +159,8 @@ class DDIM(_TweedieFinal, FixedGridSampler):
     ``set_alpha_to_one=True``.  x0_hat is not clipped (diffusers clips to [-1, 1] by default, which
     breaks toy data).
     """
+
+    final_from_time_tensor = True  # Tweedie with the [B] time tensor: bit for bit as before (FixedGridSampler)
 
     num_steps: int = 50
     eta: float = 0.0

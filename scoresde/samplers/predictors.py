@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import append_dims, check_in, check_probability
+from ..bridges import tweedie
 from ..sdes import SDE
 from .base import randn_like
 
@@ -79,7 +80,8 @@ class AncestralPredictor(Predictor):
 
     def step(self, x, score, sde, t, t_next, generator):
         a, b = sde.transition(t_next, t)
-        x_mean = (x + append_dims(b**2, x.ndim) * score) / append_dims(a, x.ndim)
+        # (x + b^2 s)/a = E[x_{t_next} | x_t]: Tweedie's formula for the transition x_t = a x_{t_next} + b z
+        x_mean = tweedie(x, score, append_dims(a, x.ndim), append_dims(b, x.ndim))
         std = b if self.variance == "large" else b * sde.sigma(t_next) / sde.sigma(t)
         return x_mean + append_dims(std, x.ndim) * randn_like(x, generator), x_mean
 
@@ -96,7 +98,7 @@ class DDIMPredictor(Predictor):
     def step(self, x, score, sde, t, t_next, generator):
         alpha, sigma = sde.alpha(t), sde.sigma(t)
         alpha_next, sigma_next = sde.alpha(t_next), sde.sigma(t_next)
-        x0 = (x + append_dims(sigma**2, x.ndim) * score) / append_dims(alpha, x.ndim)
+        x0 = tweedie(x, score, append_dims(alpha, x.ndim), append_dims(sigma, x.ndim))
         eps = -append_dims(sigma, x.ndim) * score
         _, b = sde.transition(t_next, t)
         c = self.eta * b * sigma_next / sigma

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import bisect
+from typing import Iterable
 
 import torch
 

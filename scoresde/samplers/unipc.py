@@ -12,13 +12,13 @@ g_k = k! phi_{k+1}(-h) (-h)/B(h), phi_1(z) = (e^z - 1)/z, phi_{k+1}(z) = (phi_k(
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .._checks import check_in, check_int
 from ..grids import Grid
+from . import _scalar
 from .base import FixedGridSampler, StepContext
 
 __all__ = ["UniPC"]
@@ -27,13 +27,12 @@ __all__ = ["UniPC"]
 def _unipc_weights(z: float, B: float, rs: list[float]) -> list[float]:
     """The weights a = R^{-1} g of the divided differences at ratios ``rs`` (Zhao et al. 2023, Sec. 3):
     R_{kj} = r_j^{k-1}, g_k = k! z phi_{k+1}(z) / B with z = -h (data prediction)."""
-    g, phi, factorial = [], math.expm1(z) / z, 1.0  # phi_1(z)
+    g, phi, factorial = [], _scalar.expm1(z) / z, 1.0  # phi_1(z)
     for k in range(1, len(rs) + 1):
         factorial *= k
         phi = (phi - 1.0 / factorial) / z  # phi_{k+1}(z) = (phi_k(z) - 1/k!)/z
         g.append(factorial * z * phi / B)
-    R = torch.tensor([[r ** (k - 1) for r in rs] for k in range(1, len(rs) + 1)], dtype=torch.float64)
-    return torch.linalg.solve(R, torch.tensor(g, dtype=torch.float64)).tolist()
+    return _scalar.solve([[r ** (k - 1) for r in rs] for k in range(1, len(rs) + 1)], g)
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class UniPC(FixedGridSampler):
         grid index s to t; ``history`` holds (lambda, D) of grid times up to s, newest (= s) last."""
         lam_s, D_s = history[-1]
         h = ctx.lambda_(t) - lam_s
-        x_t = (ctx.sigma(t) / ctx.sigma(s)) * x - math.expm1(-h) * ctx.alpha(t) * D_s
+        x_t = (ctx.sigma(t) / ctx.sigma(s)) * x - _scalar.expm1(-h) * ctx.alpha(t) * D_s
         points = [history[-1 - m] for m in range(1, order)]  # earlier points, for p - 1 differences
         rs = [(lam_m - lam_s) / h for lam_m, _ in points]
         diffs = [(D_m - D_s) / r for (_, D_m), r in zip(points, rs)]
@@ -111,7 +110,7 @@ class UniPC(FixedGridSampler):
             rs, diffs = rs + [1.0], diffs + [D_t - D_s]
         if not diffs:
             return x_t
-        B = -h if self.variant == "bh1" else math.expm1(-h)  # B(h) at z = -h
+        B = -h if self.variant == "bh1" else _scalar.expm1(-h)  # B(h) at z = -h
         simplified = order == (1 if D_t is not None else 2)  # UniC-1 and UniP-2 use a = 1/2
         a = [0.5] if simplified else _unipc_weights(-h, B, rs)
         return x_t - ctx.alpha(t) * B * sum(a_m * d for a_m, d in zip(a, diffs))

@@ -20,7 +20,8 @@ anything, so a failed resume leaves the model untouched where it can.
 
 ``"model_class"`` (the model's import path) and ``"sde_config"`` (``sde_config``) let
 ``scoresde.load`` rebuild model and SDE from the file alone; ``"losses"`` may be followed by
-``"interrupted": True`` for a checkpoint written on SIGINT / SIGTERM.
+``"interrupted": True`` for a checkpoint written on SIGINT / SIGTERM; ``"callbacks"`` (optional)
+holds the state of training callbacks that keep one (``scoresde.training.callbacks``).
 
 Used by ``scoresde.training`` (which re-exports the public names); depends only on torch.
 """
@@ -195,7 +196,7 @@ def training_state(step, config, model, ema, optimizer, data_gen, noise_gen, los
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generators": {"data": data_gen.get_state(), "noise": noise_gen.get_state()},
-        "losses": losses[:step].cpu(),
+        "losses": losses[:step].detach().to("cpu", copy=True),
         "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()},
         "model_config": dict(model_config) if isinstance(model_config, dict) else None,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -241,12 +242,12 @@ def _check_compatible(saved: dict, config, model: nn.Module, path: Path) -> None
         )
 
 
-def restore_training_state(path, config, model, ema, optimizer, data_gen, noise_gen, losses) -> int:
-    """Load the checkpoint at ``path`` into a run's objects (in place) and return its step.
+def restore_training_state(path, config, model, ema, optimizer, data_gen, noise_gen) -> tuple[int, torch.Tensor, dict]:
+    """Load the checkpoint at ``path`` into a run's objects (in place); return (step, losses [step], callback states).
 
     Check everything first (layout, trajectory fields of ``config``, device type, SDE, step <=
     ``config.num_steps``, every parameter shape), then load: a failed resume leaves the model
-    untouched where it can.  Fills ``losses[:step]``.
+    untouched where it can.  The callback states are the checkpoint's ``"callbacks"`` entry ({} if none).
     """
     state = load_checkpoint(path)
     _check_compatible(state["config"], config, model, path)
@@ -266,5 +267,5 @@ def restore_training_state(path, config, model, ema, optimizer, data_gen, noise_
         noise_gen.set_state(state["generators"]["noise"])
     except (ValueError, RuntimeError, KeyError) as e:
         raise CheckpointMismatchError(f"checkpoint {path} cannot be restored into this run: {_first_line(e)}") from e
-    losses[:step] = state["losses"].to(losses.device)
-    return step
+    callbacks = state.get("callbacks", {})
+    return step, state["losses"], callbacks if isinstance(callbacks, dict) else {}

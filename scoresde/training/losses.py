@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._checks import append_dims, check_generator, check_in, check_positive, trusted_times
+from .._checks import append_dims, check_generator, check_in, check_positive, times_trusted, trusted_times
 from ..sdes import SDE
 
 __all__ = ["DSMLoss", "WEIGHTINGS"]
@@ -108,16 +108,17 @@ class DSMLoss:
         else:
             if t.shape != x0.shape[:1]:
                 raise ValueError(f"`t` must have shape [B] = [{x0.shape[0]}], got {tuple(t.shape)}")
-            self.sde.check_time(t)
+            if not times_trusted():  # the training loop's drawn times (scaling.ScaledStep): no host sync
+                self.sde.check_time(t)
         if z is None:
             z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         elif z.shape != x0.shape:
             raise ValueError(f"`z` must have the shape of `x0` {tuple(x0.shape)}, got {tuple(z.shape)}")
-        # x_t = alpha x0 + sigma z; the times are checked (or drawn in range) above, so the SDE's and
-        # the model's own time checks, which synchronise with the device, are skipped.
+        # The times are checked (or drawn in range) above, so the SDE's and the model's own time
+        # checks, which synchronise with the device, are skipped.
         with trusted_times():
+            x_t = self.sde.perturb(x0, t, z)  # alpha(t) x0 + sigma(t) z
             sigma = append_dims(self.sde.sigma(t).to(x0.dtype), x0.ndim)
-            x_t = append_dims(self.sde.alpha(t).to(x0.dtype), x0.ndim) * x0 + sigma * z
             score = score_fn(x_t, t) if labels is None else score_fn(x_t, t, labels=labels)
             loss = (sigma * score + z).flatten(1).pow(2).sum(1)
             if self.weighting != "sigma2":

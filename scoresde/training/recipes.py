@@ -46,7 +46,8 @@ from ..sdes import SDE
 __all__ = ["Adam", "AdamW", "ConstantLR", "WarmupCosine", "UniformTime", "LogNormalSigma", "ImportanceTime"]
 
 
-def _check_betas(beta1: float, beta2: float) -> None:
+def check_betas(beta1: float, beta2: float) -> None:
+    """Adam's ``beta1`` and ``beta2`` must lie in [0, 1) (also ``TrainConfig``'s check)."""
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if check_probability(name, value) == 1.0:
             raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
@@ -64,7 +65,7 @@ class Adam:
 
     def __post_init__(self):
         check_positive("lr", self.lr)
-        _check_betas(self.beta1, self.beta2)
+        check_betas(self.beta1, self.beta2)
         check_positive("eps", self.eps)
         check_nonnegative("weight_decay", self.weight_decay)
 
