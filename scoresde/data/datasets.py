@@ -37,6 +37,7 @@ __all__ = [
     "DataError",
     "check_data",
     "ToyDataset",
+    "StoredSamples",
     "MixtureDataset",
     "SwissRoll",
     "TwoMoons",
@@ -143,6 +144,37 @@ def _normal(shape, g: torch.Generator) -> torch.Tensor:
 
 def _labels(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(k, (n,), generator=g, device=g.device)
+
+
+class StoredSamples:
+    """Mixin for data sets that hold their N samples: ``labels``, ``to_user_units`` and drawing rows.
+
+    The holder sets ``_labels`` (int64 ``[N]`` or None) and ``transform`` (``to_user_units(y)``);
+    ``_resample(rows, n, generator)`` draws ``n`` of ``rows [N, ...]`` with replacement (one
+    ``randint`` from ``generator``), keeping one copy of rows and labels per device so that training
+    makes no host-to-device copy per step.  Used by ``files.FileDataset`` and ``images.ImageDataset``.
+    """
+
+    _labels: torch.Tensor | None = None
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """Labels ``[N]`` in ``range(num_classes)``, or None."""
+        return self._labels
+
+    def to_user_units(self, y: torch.Tensor) -> torch.Tensor:
+        """``transform.to_user_units``: samples in training units back to the data's own units."""
+        return self.transform.to_user_units(y)
+
+    def _resample(self, rows: torch.Tensor, n: int, generator: torch.Generator):
+        """``(rows[idx], labels[idx] | None)`` for ``idx`` ~ U{0..N-1}^n on ``generator.device``."""
+        device = generator.device
+        copies = self.__dict__.setdefault("_device_copies", {})
+        if device not in copies:
+            copies[device] = (rows.to(device), None if self._labels is None else self._labels.to(device))
+        rows, labels = copies[device]
+        idx = torch.randint(rows.shape[0], (n,), generator=generator, device=device)
+        return rows[idx], (None if labels is None else labels[idx])
 
 
 @dataclass(frozen=True)

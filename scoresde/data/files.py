@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .._checks import check_int, check_positive
-from .datasets import DataError, ToyDataset
+from .datasets import DataError, StoredSamples, ToyDataset
 
 __all__ = ["FileDataset", "HeldOut", "Standardization", "load_array"]
 
@@ -128,7 +128,7 @@ def load_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     return loaded
 
 
-class FileDataset(ToyDataset):
+class FileDataset(StoredSamples, ToyDataset):
     """Samples drawn (with replacement, uniformly) from the N points of a file, standardised.
 
     Args:
@@ -203,7 +203,6 @@ class FileDataset(ToyDataset):
         self.event_shape = tuple(x.shape[1:])
         self.transform = Standardization(torch.as_tensor(shift, dtype=torch.float64), float(scale))
         self._x = torch.as_tensor((x - shift) / scale, dtype=torch.float64).reshape(x.shape[0], -1)
-        self._cache: dict = {}
         self.validation: HeldOut | None = None  # the held-out samples, in training units
         if held is not None:
             self.validation = HeldOut(torch.as_tensor((held - shift) / scale, dtype=torch.float64), self.transform,
@@ -241,22 +240,8 @@ class FileDataset(ToyDataset):
         """All N samples in training units, float64 ``[N, *D]`` (CPU)."""
         return self._x.reshape(-1, *self.event_shape)
 
-    @property
-    def labels(self) -> torch.Tensor | None:
-        """Labels ``[N]`` in ``range(num_classes)``, or None."""
-        return self._labels
-
-    def to_user_units(self, y: torch.Tensor) -> torch.Tensor:
-        """``transform.to_user_units``: samples in training units back to the file's units."""
-        return self.transform.to_user_units(y)
-
     def _draw(self, n, generator):
-        device = generator.device
-        if device not in self._cache:  # one copy per device, so no host-to-device copy per step
-            self._cache[device] = (self._x.to(device), None if self._labels is None else self._labels.to(device))
-        x, labels = self._cache[device]
-        idx = torch.randint(x.shape[0], (n,), generator=generator, device=device)
-        return x[idx], (None if labels is None else labels[idx])
+        return self._resample(self._x, n, generator)
 
 
 class HeldOut(ToyDataset):

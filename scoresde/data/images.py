@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .._checks import check_in, check_int
-from .datasets import DataError, ToyDataset
+from .datasets import DataError, StoredSamples, ToyDataset
 from .files import Standardization
 
 __all__ = ["Shapes", "ImageDataset", "fit_image", "FIT_MODES", "to_unit_interval", "image_grid"]
@@ -135,7 +135,7 @@ def fit_array(images: np.ndarray, resolution: int | None, mode: str) -> np.ndarr
     return (out[:, None] if pil_mode == "L" else out.transpose(0, 3, 1, 2)).copy()
 
 
-class ImageDataset(ToyDataset):
+class ImageDataset(StoredSamples, ToyDataset):
     """N stored 8-bit images drawn uniformly with replacement, as ``[n, C, H, W]`` in [-1, 1] (module docstring).
 
     Args:
@@ -171,7 +171,6 @@ class ImageDataset(ToyDataset):
             self._labels = labels
         self.event_shape = tuple(images.shape[1:])
         self.transform = Standardization(torch.full(self.event_shape, 0.5, dtype=torch.float64), 0.5)
-        self._cache: dict = {}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_images={len(self)}, event_shape={self.event_shape}, "
@@ -195,27 +194,14 @@ class ImageDataset(ToyDataset):
         ``sample`` draws (computed in float64, then rounded)."""
         return (self._images.to(torch.float64) / 127.5 - 1).to(torch.float32)
 
-    @property
-    def labels(self) -> torch.Tensor | None:
-        """Labels ``[N]`` in ``range(num_classes)``, or None."""
-        return self._labels
-
-    def to_user_units(self, y: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] training pixels back to [0, 1] (``transform``; the checkpoint may replace it)."""
-        return self.transform.to_user_units(y)
-
     def _draw(self, n, generator):
         device = generator.device
-        if device not in self._cache:  # one copy per device, so no host-to-device copy per step
-            labels = None if self._labels is None else self._labels.to(device)
-            self._cache[device] = (self._images.to(device), labels)
-        images, labels = self._cache[device]
-        idx = torch.randint(images.shape[0], (n,), generator=generator, device=device)
-        x = images[idx].to(torch.float64) / 127.5 - 1
+        images, labels = self._resample(self._images, n, generator)
+        x = images.to(torch.float64) / 127.5 - 1
         if self.flip:
             mirrored = torch.rand(n, generator=generator, device=device) < 0.5
             x = torch.where(mirrored[:, None, None, None], x.flip(-1), x)
-        return x.reshape(n, -1), (None if labels is None else labels[idx])
+        return x.reshape(n, -1), labels
 
 
 def image_grid(images, nrow: int | None = None, pad: int = 1) -> np.ndarray:
