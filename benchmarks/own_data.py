@@ -4,11 +4,13 @@ Eight 2-D data sets that are not among the built-in ten, 10 000 points each, wri
 file and trained on exactly as a user would, with ``scoresde-train data=file data.path=<file>``:
 
 * ``old``: ``auto=false data.validation=0`` (the run of before issue 21: 6000 steps, no split, no checks);
-* ``new``: the defaults (``auto`` is on for a data file: 10 % held out, pilot runs choose the input
+* ``new``: the defaults (``auto`` is on for a data file: 10 % held out, a pilot run chooses the input
   features, checks every 1000 steps, training ends after 3 consecutive checks at floor or at 20 000 steps,
-  samples from ``best.pt``).
+  samples from ``best.pt`` with auto's ``quality.sampler``).
 
-Both sample 2000 points with the default sampler (PC, 400 NFE).  Both are measured against the same
+Both sample 2000 points with 400 NFE: ``old`` with the default sampler (PC-200), ``new`` with auto's
+final sampler (Euler-Maruyama, 400 steps; rows run before it have ``sampler`` PC-200 in the JSON's
+``final_sampler``).  Both are measured against the same
 yardstick: 2000 **fresh** points of the generator (never in any file), with
 
 * ``scoresde.evaluation.assess`` against the generator as a data set (KDE of a fresh reference,
@@ -186,6 +188,7 @@ def measure(name: str, seed: int, out: Path) -> dict:
             "w2": float(np.mean([exact_w2(x, f) for f in fresh[:W2_PAIRS]])),
             "w2_iid": float(np.mean([exact_w2(a, b) for a, b in zip(fresh[W2_PAIRS:], fresh[:W2_PAIRS])])),
             "steps": train["num_steps"], "input_features": auto.get("input_features", 0),
+            "final_sampler": m.get("sampler"),
             "finished_early": auto.get("finished_early"), "sampled": train.get("sampled"),
             "checks_cpu_s": train.get("quality_checks", {}).get("cpu_s"), "pilots_cpu_s": auto.get("pilots_cpu_s"),
             "train_s": m["time"].get("train_s"),
@@ -204,17 +207,18 @@ def write_markdown(rows: list[dict], path: Path) -> None:
              "i.i.d. fresh samples (1.0 = as close as fresh data), CPU time of the job (user + sys, "
              "OMP_NUM_THREADS=1, on a 2-core machine shared with other jobs).  `steps`: steps trained; "
              "`feat`: input Fourier features chosen; `early`: finished before the budget.", "",
-             "| data set | seed | recipe | outlier_z | verdict | overall | W2 / iid | steps | feat | early | "
-             "sampled step | checks CPU s | CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| data set | seed | recipe | final sampler | outlier_z | verdict | overall | W2 / iid | steps | feat | "
+             "early | sampled step | checks CPU s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"], r["recipe"] != "old")):
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['seed']} | {r['recipe']} | error: {r['error']} |||||||||| "
+            lines.append(f"| {r['dataset']} | {r['seed']} | {r['recipe']} | | error: {r['error']} |||||||||| "
                          f"{r['cpu_s']:.0f} |")
             continue
         sampled = (r.get("sampled") or {}).get("step", r["steps"])
         checks = "" if r.get("checks_cpu_s") is None else f"{r['checks_cpu_s']:.1f}"
-        lines.append(f"| {r['dataset']} | {r['seed']} | {r['recipe']} | {r['value']:.2f} | {r['verdict']} | "
+        lines.append(f"| {r['dataset']} | {r['seed']} | {r['recipe']} | {sampler_name(r.get('final_sampler'))} | "
+                     f"{r['value']:.2f} | {r['verdict']} | "
                      f"{r['overall']} | {r['w2'] / r['w2_iid']:.2f} | {r['steps']} | {r['input_features']} | "
                      f"{'' if r.get('finished_early') is None else ('yes' if r['finished_early'] else 'no')} | "
                      f"{sampled} | {checks} | {r['cpu_s']:.0f} |")
@@ -228,6 +232,15 @@ def write_markdown(rows: list[dict], path: Path) -> None:
                           f"{sum(r['cpu_s'] <= 300 for r in rs)} within 5 CPU-minutes; median CPU "
                           f"{np.median([r['cpu_s'] for r in rs]):.0f} s."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def sampler_name(text: str | None) -> str:
+    """``EM-400`` / ``PC-200`` from the sampler's repr in metrics.json ("" if unknown)."""
+    import re
+
+    steps = re.search(r"num_steps=(\d+)", text or "")
+    kind = {"ReverseSDE": "EM", "PredictorCorrector": "PC"}.get((text or "").split("(")[0])
+    return f"{kind}-{steps.group(1)}" if kind and steps else ""
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -246,12 +259,14 @@ def plot(rows: list[dict], path: Path) -> None:
                   color=f"C{i}")
     left.axhline(2.1, color="k", ls="--", lw=1, label="floor band p95 (~2.1)")
     left.set_yscale("log")
+    left.set_ylim(0.08, 300)  # room for the legend above the bars
+    right.set_ylim(0, 1.45)
     left.set_ylabel("outlier_z against fresh data (clipped at 0.1)")
     right.axhline(1.2, color="k", ls="--", lw=1, label="goal: 1.2 x i.i.d.")
     right.set_ylabel("W2 to fresh data / i.i.d. W2")
-    for ax in (left, right):
+    for ax, where in ((left, "upper left"), (right, "upper left")):
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc=where)
     fig.suptitle(f"own 2-D data, seed {min(r['seed'] for r in done)}: old default vs new adaptive default", fontsize=10)
     fig.savefig(path, dpi=110)
 

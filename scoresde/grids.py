@@ -32,6 +32,7 @@ grid's ``.json`` file) into one; ``check_ts`` validates an explicit grid once, a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -217,8 +218,14 @@ class FittedGrid:
     Fields: ``ts`` the strictly decreasing times (t_0 = T); ``sde`` the ``repr`` of the SDE they
     were fitted for (calling the grid with another SDE is an error: the same times mean other noise
     levels there); ``sampler`` the ``repr`` of the sampler it was fitted for (informative);
-    ``method`` "ld3", "dp" or the name of the standard grid it fell back to; ``info`` the fit's
-    record (validation errors, CPU time, seed...; not compared, not hashed).
+    ``method`` "ld3", "dp", "adasde" or the name of the standard grid it fell back to; ``info`` the
+    fit's record (validation errors, CPU time, seed...; not compared, not hashed).
+
+    A stochastic sampler's fit (``samplers.fit_stochastic``) also carries its per-step noise:
+    ``coefficient`` the name of the sampler field ("s_churn" of ``EDMHeun``, "eta" of
+    ``DPMSolverPP``) and ``coefficients`` its per-step values; ``configure(sampler)`` gives the
+    sampler with both the grid and the coefficients (``sampler.grid=<file>.json`` on the command
+    line does that).  Empty for the deterministic fits.
     """
 
     ts: tuple[float, ...]
@@ -226,6 +233,8 @@ class FittedGrid:
     sampler: str = ""
     method: str = "ld3"
     info: dict = field(default_factory=dict, compare=False, repr=False)
+    coefficient: str = ""
+    coefficients: tuple[float, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.sde, str) or not self.sde:
@@ -234,6 +243,13 @@ class FittedGrid:
         if t.ndim != 1 or t.numel() < 2 or not bool(torch.isfinite(t).all()) or not bool((t[1:] < t[:-1]).all()):
             raise ValueError(f"`ts` must be a strictly decreasing finite sequence of >= 2 times, got {list(self.ts)}")
         object.__setattr__(self, "ts", tuple(float(v) for v in self.ts))
+        if not isinstance(self.coefficient, str):
+            raise TypeError(f"`coefficient` must be the name of a sampler field (or ''), got {self.coefficient!r}")
+        c = tuple(float(v) for v in self.coefficients)
+        if bool(c) != bool(self.coefficient) or not all(math.isfinite(v) and v >= 0 for v in c):
+            raise ValueError(f"`coefficients` must be finite numbers >= 0, given with their field name `coefficient`, "
+                             f"got coefficient={self.coefficient!r}, coefficients={list(self.coefficients)}")
+        object.__setattr__(self, "coefficients", c)
 
     @property
     def num_steps(self) -> int:
@@ -254,9 +270,20 @@ class FittedGrid:
             )
         return check_ts(self.ts_tensor(), sde, "fitted grid")
 
+    def configure(self, sampler):
+        """``sampler`` (a frozen dataclass) with this grid and, for a stochastic fit, its per-step coefficients."""
+        extra = {self.coefficient: self.coefficients} if self.coefficient else {}
+        if extra and not hasattr(sampler, self.coefficient):
+            raise ValueError(f"this fitted grid carries per-step `{self.coefficient}` for {self.sampler}; "
+                             f"{type(sampler).__name__} has no such field")
+        return dataclasses.replace(sampler, grid=self, **extra)
+
     def to_dict(self) -> dict:
-        return {"format": FITTED_FORMAT, "version": 1, "ts": list(self.ts), "sde": self.sde,
-                "sampler": self.sampler, "method": self.method, "info": self.info}
+        d = {"format": FITTED_FORMAT, "version": 1, "ts": list(self.ts), "sde": self.sde,
+             "sampler": self.sampler, "method": self.method, "info": self.info}
+        if self.coefficient:  # a stochastic fit (files of deterministic fits are unchanged)
+            d.update(version=2, coefficient=self.coefficient, coefficients=list(self.coefficients))
+        return d
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the grid as JSON (atomically); floats are written exactly (``repr`` round trip)."""
@@ -275,7 +302,8 @@ class FittedGrid:
             raise ValueError(f"{path} is not a fitted grid file (not JSON: {e})") from e
         if not isinstance(d, dict) or d.get("format") != FITTED_FORMAT:
             raise ValueError(f"{path} is not a fitted grid file (no \"format\": \"{FITTED_FORMAT}\")")
-        return cls(tuple(d["ts"]), d["sde"], d.get("sampler", ""), d.get("method", ""), d.get("info", {}))
+        return cls(tuple(d["ts"]), d["sde"], d.get("sampler", ""), d.get("method", ""), d.get("info", {}),
+                   d.get("coefficient", ""), tuple(d.get("coefficients", ())))
 
 
 Grid = Union[UniformT, Karras, LogSNR, DDPMSpacing, FittedGrid]

@@ -17,6 +17,9 @@ does not depend on the module, and a thread count that differs between modules w
 timings depend on test order.  No test may depend on the thread count; results agree to
 float rounding either way.
 
+The default run (pyproject's addopts) uses 2 pytest-xdist workers, each with this one thread: the two
+cores of CI's runner are both busy and never oversubscribed by torch's own threads.
+
 Override with the environment variable ``SCORESDE_TEST_THREADS`` (a positive integer, e.g. 2 on
 an idle machine; 0 leaves torch's own default).  The previous setting is restored at the end of
 the session.

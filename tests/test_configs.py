@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 import scoresde
 from scoresde import samplers, sdes
 from scoresde.data.datasets import MixtureDataset, ToyDataset
+from scoresde.models.energy import EnergyMLP
 from scoresde.models.mlp import ScoreMLP
 from scoresde.models.precond import Preconditioned
 from scoresde.training import TrainConfig
@@ -92,7 +93,8 @@ def test_groups_hold_the_expected_options():
     assert {"ve", "vp", "subvp", "ddpm"} == set(options("sde"))
     assert set(MIXTURES) | {"swiss_roll", "two_moons", "circles", "pinwheel", "two_spirals", "checkerboard",
                             "file", "shapes", *IMAGE_DATA} == set(options("data"))
-    assert {"mlp", "mlp_score", "mlp_denoiser", "precond_mlp", "unet", "unet_mnist", "ddpmpp_cifar10"} == set(options("model"))
+    assert {"mlp", "mlp_score", "mlp_denoiser", "precond_mlp", "unet", "unet_mnist", "ddpmpp_cifar10",
+            "mlp_energy"} == set(options("model"))
     assert {"default", "long", "smoke"} <= set(options("train"))
     assert {"none", "cfg", "classifier", "exact"} == set(options("guidance"))
     assert {"none", "pf_ode", "elbo"} == set(options("likelihood"))
@@ -186,7 +188,8 @@ def test_every_option_composes_instantiates_and_names_its_target(group, option, 
         images = ("unet", "unet_mnist", "ddpmpp_cifar10")  # the U-Net backbone takes images [B, C, H, W]
         shape = (1, 8, 8) if option == "unet" else (1, 16, 16) if option in images else (2,)
         model = obj(sdes.VPSDE(), shape, generator=torch.Generator().manual_seed(0))
-        assert isinstance(model, (Preconditioned if option in ("precond_mlp", *images) else ScoreMLP))
+        expected = Preconditioned if option in ("precond_mlp", *images) else EnergyMLP if option == "mlp_energy" else ScoreMLP
+        assert isinstance(model, expected)
         x, t = torch.randn(4, *shape), torch.full((4,), 0.5)
         assert model.score_fn(x, t).shape == (4, *shape)
     else:

@@ -6,6 +6,7 @@ write what they saw to files that the test reads.
 import os
 import signal
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from scoresde.models.mlp import ScoreMLP
 from scoresde.training import TrainConfig, TrainingInterrupted, load_checkpoint, train
 from scoresde.training.callbacks import Callback
 from scoresde.training.distributed import AgreeOnStop, rank_seed, resolve_group
+from scoresde.training.quality import QualityCheck
 
 CFG = TrainConfig(num_steps=8, batch_size=32, lr=2e-3, warmup_steps=2, ema_decay=0.9, check_every=4)
 
@@ -127,6 +129,72 @@ def test_sigterm_on_one_rank_stops_every_rank_with_one_checkpoint_and_resumes_on
     assert _max_rel(resumed.ema_model, straight.ema_model) < 1e-4
     a, b = load_checkpoint(tmp_path / "run" / "last.pt"), load_checkpoint(straight_dir / "last.pt")
     assert all(torch.equal(a["generators"][k], b["generators"][k]) for k in ("data", "noise"))
+
+
+# -- 2b. an early finish decided on rank 0 (a quality check's patience) ends every rank together --
+
+
+class _AtFloor(QualityCheck):
+    """A QualityCheck whose every check is at floor (no sampling): its real patience rule decides the finish."""
+
+    def evaluate(self, ema, model, step):
+        return {"headline": "sliced_w2", "metrics": {"sliced_w2": {"value": 1.0 / step, "floor_band": [0.0, 1.0],
+                                                                   "verdict": "at floor"}},
+                "overall": {"verdict": "at floor", "p_values": {"sliced_w2": 0.5}}}
+
+
+def _finish_worker(rank: int, tmp: str, every: int) -> None:
+    _init(rank, tmp)
+    try:
+        check = _AtFloor(make_dataset("eight_gaussians"), every=every, num_samples=10, patience=2)
+        result = train(model(), data(), replace(CFG, num_steps=20, checkpoint_dir=f"{tmp}/run"), callbacks=[check])
+        with open(f"{tmp}/rank{rank}.txt", "w") as f:
+            f.write(f"{len(result.losses)} {check.finished_early}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("every, decided, ended", [(4, 8, 8), (3, 6, 8)])
+def test_an_early_finish_on_rank_zero_ends_every_rank_after_the_same_step(tmp_path, every, decided, ended):
+    """QualityCheck (rank 0 only) with patience 2 and every check at floor decides to finish at its
+    second check (step 2 x every).  With checks on the loop's check_every=4 grid (every=4) both ranks
+    end at that step, as one process does; off the grid (every=3: decided at 6) both end at the next
+    shared check point, step 8.  Rank 0 wrote one best.pt and one last.pt (of the last step)."""
+    (tmp_path / "run").mkdir()
+    _spawn(_finish_worker, tmp_path, every)
+    said = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
+    assert said == [[str(ended), "True"], [str(ended), "False"]], said  # rank 1 never ran the check
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt"]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == ended
+    one = _AtFloor(make_dataset("eight_gaussians"), every=every, num_samples=10, patience=2)
+    assert len(train(model(), data(), replace(CFG, num_steps=20), callbacks=[one]).losses) == decided
+
+
+def _first_worker(rank: int, tmp: str) -> None:
+    import time
+
+    from scoresde.apps import ranks
+
+    _init(rank, tmp)
+    try:
+        if rank == 1:
+            ranks._received_out[:] = [f"{tmp}/lead"]  # what launch receives from rank 0
+        with ranks.rank_zero_first(Path(f"{tmp}/lead" if rank == 0 else f"{tmp}/scratch")) as out:
+            if rank == 0:
+                time.sleep(0.5)  # a slow fit: rank 1 must not look before it is written
+                (out / "cache.txt").write_text("fitted")
+            else:
+                seen = (out / "cache.txt").read_text() if (out / "cache.txt").is_file() else "missing"
+                (Path(tmp) / "rank1.txt").write_text(f"{out} {seen}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_zero_first_lets_the_others_read_rank_zeros_cache(tmp_path):
+    """sampler.grid=fit under torchrun: rank 0 fits and caches in its run directory, the others wait and load it."""
+    (tmp_path / "lead").mkdir()
+    _spawn(_first_worker, tmp_path)
+    assert (tmp_path / "rank1.txt").read_text() == f"{tmp_path / 'lead'} fitted"
 
 
 # -- helpers -------------------------------------------------------------------------------------

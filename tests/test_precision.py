@@ -98,6 +98,22 @@ def test_fp16_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), full.model.parameters()))
 
 
+def test_resume_refuses_another_accumulate_or_precision(tmp_path):
+    """accumulate and precision change the trajectory (TRAJECTORY_FIELDS): resuming with another value
+    is refused, naming the field; a checkpoint written before the fields existed resumes as accumulate=1, fp32."""
+    from scoresde.training.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+
+    cfg = replace(CFG, checkpoint_dir=str(tmp_path))
+    train(model(), data(), replace(cfg, num_steps=3))
+    for name, was, other in (("accumulate", 1, 2), ("precision", "'fp32'", "bf16")):
+        with pytest.raises(CheckpointMismatchError, match=f"written with {name}={was} but the config has {name}="):
+            train(model(), data(), replace(cfg, **{name: other}), resume=True)
+    old = load_checkpoint(tmp_path / "last.pt")
+    del old["config"]["accumulate"], old["config"]["precision"]
+    save_checkpoint(old, tmp_path / "last.pt")
+    assert len(train(model(), data(), cfg, resume=True).losses) == CFG.num_steps
+
+
 def test_bad_values_name_the_option():
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")

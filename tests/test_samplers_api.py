@@ -114,11 +114,13 @@ def test_per_sample_langevin_corrector_is_batch_independent():
 
 # -- NCSN section 3.2: Langevin cannot recover the 0.2 / 0.8 weights; annealed Langevin can ----------
 
-def test_plain_langevin_fails_on_unequal_weights_and_annealed_langevin_recovers_them():
+# The check at n = 40 000 resolves annealed Langevin's own weight bias; the default run checks the same
+# claims at n = 4000 with a tolerance widened by the binomial noise at that n (below).
+@pytest.mark.parametrize("n", [4000, pytest.param(40_000, marks=pytest.mark.slow)])
+def test_plain_langevin_fails_on_unequal_weights_and_annealed_langevin_recovers_them(n):
     sde = VESDE()
     target = ncsn_two_modes()
     score = target.score_fn(sde)
-    n = 40_000
     # Start both from the same broad uniform box (NCSN's setup): the score at sigma_min is blind
     # to the relative weights away from the empty region between modes, so plain Langevin
     # splits the samples by basin of attraction, ~50/50 from a symmetric start.
@@ -127,11 +129,15 @@ def test_plain_langevin_fails_on_unequal_weights_and_annealed_langevin_recovers_
     annealed = AnnealedLangevin().sample(score, sde, x_init=x_init, generator=torch.Generator().manual_seed(2))
     w_plain, w_annealed = mode_weights(plain, target), mode_weights(annealed, target)
     # Annealed Langevin's own bias on this mixture is ~+0.006 on the light mode with its defaults
-    # (measured at n = 40 000: +0.0055, +0.0064; see its docstring); the binomial sd at n = 40 000
-    # is 0.002, so 0.01 sits 2 sd above the bias.  The plain-Langevin error is ~0.3 (150 sd).
-    assert (w_annealed - target.weights).abs().max() <= 0.01
+    # (measured at n = 40 000: +0.0055, +0.0064; see its docstring).  Allowed: that bias plus 4 binomial
+    # sd of the light mode's fraction, sqrt(0.2 * 0.8 / n): 0.006 + 0.008 = 0.014 -> 0.01 was used at
+    # n = 40 000 (2 sd above the bias, as before); 0.006 + 0.025 = 0.031 at n = 4000 (false failures
+    # ~6e-5).  The plain-Langevin error is ~0.3, at least 16 sd above 0.2 at either n.
+    allowed = 0.01 if n == 40_000 else 0.006 + 4 * math.sqrt(0.2 * 0.8 / n)
+    assert (w_annealed - target.weights).abs().max() <= allowed
     assert (w_plain - target.weights).abs().max() >= 0.2
-    # and within each mode plain Langevin is fine: the component means are right
+    # and within each mode plain Langevin is fine: the component means are right (unit variance, >= ~1000
+    # points per mode at n = 4000: standard error <= 0.032, so 0.1 is > 3 sd; > 10 sd at n = 40 000)
     assign = target.assign(plain)
     for k in range(2):
         torch.testing.assert_close(plain[assign == k].double().mean(0), target.means[k], atol=0.1, rtol=0)

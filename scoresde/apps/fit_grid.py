@@ -15,6 +15,12 @@ and the standard grids, and the fit's CPU time.
 (``<checkpoint dir>/fitted_grids/<Sampler>_<num_steps>_<key>.json``, the key a hash of everything
 the fit depends on) or fits and caches it; with ``checkpoint=null`` (exact scores) the fit is
 written into the run directory.  The fit's settings are the ``fit`` defaults below (``FitSettings``).
+
+Stochastic samplers (``sampler=edm_heun sampler.s_churn=... `` or ``sampler=dpmpp_2m_sde``, i.e.
+EDMHeun with s_churn > 0, DPMSolverPP with eta > 0) get the grid *and* one noise coefficient per step
+(``scoresde.samplers.fit_stochastic``, AdaSDE-style, a distributional loss; ``fit.method`` must be
+``ld3``); the file carries both, and ``sampler.grid=<file>.json`` sets the sampler's per-step
+``s_churn`` / ``eta`` from it.
 """
 from __future__ import annotations
 
@@ -30,8 +36,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .._checks import check_in, check_int, check_positive
-from ..grids import FittedGrid
-from ..samplers import fitting
+from ..grids import FittedGrid, resolve_grid
+from ..samplers import fit_stochastic, fitting
 from . import config_dir
 
 log = logging.getLogger(__name__)
@@ -68,13 +74,32 @@ def wants_fit(sampler_cfg: DictConfig) -> tuple[DictConfig, bool]:
     return OmegaConf.create(node), True
 
 
+def check_can_fit(sampler, method: str = "ld3"):
+    """``sampler`` if a fit exists for it (deterministic: ``fitting``; stochastic: ``fit_stochastic``)."""
+    if fit_stochastic.is_stochastic(sampler):
+        if method != "ld3":
+            raise ValueError(f"fit.method={method} is for deterministic samplers; the stochastic {type(sampler).__name__} "
+                             f"is fitted with fit.method=ld3 (learned steps and per-step noise)")
+        return sampler
+    try:
+        return fitting.check_fittable(sampler)
+    except ValueError as e:
+        raise ValueError(f"{e}; or a stochastic one with per-step noise (EDMHeun with s_churn > 0, "
+                         f"DPMSolverPP with eta > 0)") from None
+
+
 def instantiate_sampler(cfg: DictConfig):
     """(the sampler of ``cfg.sampler``, whether ``sampler.grid=fit`` asked for a fitted grid); a sampler
-    that cannot be fitted, or guidance with a fit, is an error here, before any work."""
+    that cannot be fitted, or guidance with a fit, is an error here, before any work.  A fitted-grid
+    file of a stochastic fit (``sampler.grid=<file>.json``) also sets the sampler's per-step noise."""
     sampler_cfg, grid_fit = wants_fit(cfg.sampler)
     sampler = instantiate(sampler_cfg, _convert_="all")
+    grid = getattr(sampler, "grid", None)
+    if isinstance(grid, str) and grid.endswith(".json") and resolve_grid(grid).coefficient:
+        sampler = resolve_grid(grid).configure(sampler)
+        log.info("sampler.grid=%s: per-step %s from the file", grid, sampler.grid.coefficient)
     if grid_fit:
-        fitting.check_fittable(sampler)
+        check_can_fit(sampler)
         guidance = OmegaConf.select(cfg, "guidance.kind", default="none")
         if guidance not in ("none", None):
             raise ValueError(f"sampler.grid=fit fits the grid to the unguided score; it is not supported with "
@@ -89,9 +114,13 @@ def cache_key(sampler, sde, data, source: dict, settings: FitSettings) -> str:
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def fit(sampler, score_fn, sde, event_shape, settings: FitSettings, device=None) -> fitting.FitResult:
-    """Run the configured fit (``fit_grid`` or ``dp_grid``) for ``sampler`` at its ``num_steps``."""
+def fit(sampler, score_fn, sde, event_shape, settings: FitSettings, device=None):
+    """Run the configured fit (``fit_grid``, ``dp_grid``, or ``fit_stochastic`` for a stochastic sampler)
+    for ``sampler`` at its ``num_steps``."""
     kw = {"num_train": settings.num_train, "num_val": settings.num_val, "seed": settings.seed, "device": device}
+    if fit_stochastic.is_stochastic(check_can_fit(sampler, settings.method)):
+        return fit_stochastic.fit_stochastic(score_fn, sde, sampler, sampler.num_steps, tuple(event_shape),
+                                             iterations=settings.iterations, lr=settings.lr, **kw)
     if settings.method == "ld3":
         return fitting.fit_grid(score_fn, sde, sampler, sampler.num_steps, tuple(event_shape),
                                 iterations=settings.iterations, lr=settings.lr, **kw)
@@ -103,7 +132,7 @@ def fitted_sampler(record: dict, sampler, score_fn, sde, data, *, checkpoint: di
     """``sampler`` with its fitted grid: loaded from the cache, or fitted (and cached); the fit is
     recorded in ``record["fitted_grid"]`` (cache path, chosen grid, validation errors, fit CPU time).
     Without a checkpoint the fit is written to ``out / run_file``."""
-    fitting.check_fittable(sampler)
+    check_can_fit(sampler, settings.method)
     source = {"checkpoint": checkpoint["checkpoint"], "step": checkpoint["step"], "ema": checkpoint["ema"]} \
         if checkpoint else {"score": "exact"}
     key = cache_key(sampler, sde, data, source, settings)
@@ -116,14 +145,19 @@ def fitted_sampler(record: dict, sampler, score_fn, sde, data, *, checkpoint: di
         result = fit(sampler, score_fn, sde, data.event_shape, settings, device)
         grid, cached = result.grid, False
         grid.save(cache)
-        log.info("fitted a grid for %s in %.1f s of CPU: %s, validation RMS distance to the teacher %.4g "
-                 "(best standard grid %.4g); written to %s", type(sampler).__name__, result.cpu_s, result.method,
-                 result.val_rmse["fitted"], min(v for k, v in result.val_rmse.items() if k in fitting.STANDARD_GRIDS),
-                 cache)
+        val, what = (result.val_loss, "loss (sliced W2^2) to the teacher's samples") if grid.coefficient else (
+            result.val_rmse, "RMS distance to the teacher")
+        log.info("fitted a grid%s for %s in %.1f s of CPU: %s, validation %s %.4g (best standard grid %.4g); "
+                 "written to %s", " and per-step noise" if grid.coefficient else "", type(sampler).__name__,
+                 result.cpu_s, result.method, what, val["fitted"],
+                 min(v for k, v in val.items() if k in fitting.STANDARD_GRIDS), cache)
     info = grid.info
     record["fitted_grid"] = {"path": str(cache), "cached": cached, "method": grid.method, "ts": list(grid.ts),
                              "val_rmse": info.get("val_rmse"), "fit_cpu_s": info.get("cpu_s")}
-    return dataclasses.replace(sampler, grid=grid)
+    if grid.coefficient:
+        record["fitted_grid"].update(val_loss=info.get("val_loss"), coefficient=grid.coefficient,
+                                     coefficients=list(grid.coefficients))
+    return grid.configure(sampler)
 
 
 # -- scoresde-fit-grid --------------------------------------------------------------------------------
@@ -145,7 +179,7 @@ def _run(cfg: DictConfig):
             start_job("fit-grid", out)
             settings = instantiate(cfg.fit, _convert_="all")
             sampler_cfg, _ = wants_fit(cfg.sampler)
-            sampler = fitting.check_fittable(instantiate(sampler_cfg, _convert_="all"))
+            sampler = check_can_fit(instantiate(sampler_cfg, _convert_="all"), settings.method)
             device = resolve_device(cfg.device)
             if cfg.checkpoint is None:
                 sde = instantiate(cfg.sde, _convert_="all")
@@ -164,7 +198,8 @@ def _run(cfg: DictConfig):
             sampler.grid.save(path)
         record.update(grid_file=str(path), sampler=repr(sampler), sde=repr(sde))
         log.info("grid written to %s; sample with sampler.grid=%s", path, path)
-        return record["fitted_grid"]["val_rmse"]["fitted"] if record["fitted_grid"]["val_rmse"] else None
+        val = record["fitted_grid"].get("val_loss") or record["fitted_grid"]["val_rmse"]
+        return val["fitted"] if val else None
 
 
 def main() -> None:

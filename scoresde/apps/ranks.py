@@ -1,7 +1,8 @@
-"""The apps under ``torchrun`` (or several SLURM tasks): Hydra on rank 0, its composed config sent to the others.
+"""The apps under ``torchrun`` or several SLURM / submitit tasks: Hydra on rank 0, its composed config sent to the others.
 
     torchrun --nproc_per_node=2 -m scoresde.apps.train hydra.run.dir=outputs/ddp train.batch_size=512
     torchrun --nproc_per_node=2 -m scoresde.apps.sample checkpoint=outputs/ddp/last.pt
+    scoresde-train -m hydra/launcher=ddp hydra.launcher.nodes=2 hydra.launcher.tasks_per_node=8 device=cuda
 
 ``launch(hydra_main, rank_task)`` initialises ``torch.distributed`` from the environment
 (``scoresde.training.distributed.init_from_environment``; gloo, plus NCCL for CUDA tensors when a
@@ -11,10 +12,14 @@ GPU is present).  Rank 0 runs the app through Hydra as usual: only it creates th
 ranks; they run ``rank_task(cfg, out, scratch)`` without Hydra, with a private scratch directory
 for what they would otherwise write (deleted at the end).  If rank 0 stops before that (a usage
 error, a refused directory), the others exit with status 1 and rank 0's message stands alone.
-A single process (no torchrun) goes straight to Hydra, unchanged.
+A single process (no torchrun) goes straight to Hydra, unchanged.  Under Hydra's submitit launcher
+every task runs Hydra's job and calls the app's task function; ``task_on_ranks`` there initialises
+torch.distributed from the job (``distributed.cluster_variables``) and lets rank 0 lead the same way.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -23,12 +28,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..training.callbacks import TrainingInterrupted
-from ..training.distributed import gather_batches, init_from_environment, rank_batches, rank_seed, world_size
+from ..training.distributed import (cluster_variables, gather_batches, init_from_environment, rank_batches, rank_seed,
+                                    world_size)
 
-__all__ = ["launch", "share_config", "end_data_parallel", "process_rank", "task_overrides", "sampling_batch_size", "rank_batches", "gather_samples"]
+__all__ = ["launch", "task_on_ranks", "share_config", "end_data_parallel", "process_rank", "task_overrides",
+           "sampling_batch_size", "rank_batches", "gather_samples", "rank_zero_first"]
 
 _shared = False
 _received_overrides: list[str] = []
+_received_out: list[str] = []  # ranks > 0: rank 0's run directory
 
 
 def task_overrides() -> list[str]:
@@ -47,30 +55,62 @@ def launch(hydra_main, rank_task) -> None:
     if not init_from_environment("cuda" if torch.cuda.is_available() else "cpu"):
         hydra_main()
         return
+    _lead_or_follow(hydra_main, rank_task)
+
+
+def task_on_ranks(task, rank_task, cfg: DictConfig):
+    """An app's Hydra task function: ``task(cfg)``, once per job; inside a job of several tasks, rank 0's alone.
+
+    Hydra's submitit launcher (``hydra.launcher.tasks_per_node=N``, ``conf/hydra/launcher/ddp*.yaml``)
+    starts N processes per job, each calling the task function inside its own Hydra job.  Here they
+    initialise torch.distributed from the job's environment (``init_from_environment``); rank 0 runs
+    ``task(cfg)`` and shares its config as under torchrun, the others run ``rank_task`` with it, log
+    to their submitit log only (not the run's log file) and return None.  (Hydra itself writes the
+    same ``.hydra/`` files on every task before the task function starts.)  Under torchrun, a
+    single process or a one-task job: ``task(cfg)``.
+    """
     dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return task(cfg)
+    if int(cluster_variables().get("RANK", "0")) > 0:  # Hydra's job log file is rank 0's
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+    if not init_from_environment("cuda" if torch.cuda.is_available() else "cpu"):
+        return task(cfg)
+    return _lead_or_follow(lambda: task(cfg), rank_task)
+
+
+def _lead_or_follow(lead, rank_task):
+    """With torch.distributed initialised: ``lead()`` on rank 0, rank 0's config into ``rank_task`` on the others."""
+    global _shared
+    dist = torch.distributed
+    _shared = False
     try:
         if dist.get_rank() == 0:
             try:
-                hydra_main()
+                return lead()
             finally:
                 if not _shared:  # rank 0 stopped before sharing: release the others
                     dist.broadcast_object_list([None], src=0)
-        else:
-            received = [None]
-            dist.broadcast_object_list(received, src=0)
-            if received[0] is None:
-                raise SystemExit(1)
-            text, out, overrides = received[0]
-            _received_overrides[:] = overrides
-            cfg = OmegaConf.create(text)
-            torch.manual_seed(rank_seed(int(cfg.seed), dist.get_rank()))  # rank-local randomness (dropout)
-            with tempfile.TemporaryDirectory(prefix=f"scoresde-rank{dist.get_rank()}-") as scratch:
-                try:
-                    rank_task(cfg, Path(out), Path(scratch))
-                except TrainingInterrupted as e:  # rank 0 prints the message and the resume command
-                    raise SystemExit(128 + e.signum) from None
-                except RankDone:  # its samples went to rank 0
-                    pass
+        received = [None]
+        dist.broadcast_object_list(received, src=0)
+        if received[0] is None:
+            raise SystemExit(1)
+        text, out, overrides = received[0]
+        _received_overrides[:] = overrides
+        _received_out[:] = [out]
+        cfg = OmegaConf.create(text)
+        torch.manual_seed(rank_seed(int(cfg.seed), dist.get_rank()))  # rank-local randomness (dropout)
+        with tempfile.TemporaryDirectory(prefix=f"scoresde-rank{dist.get_rank()}-") as scratch:
+            try:
+                rank_task(cfg, Path(out), Path(scratch))
+            except TrainingInterrupted as e:  # rank 0 prints the message and the resume command
+                raise SystemExit(128 + e.signum) from None
+            except RankDone:  # its samples went to rank 0
+                pass
+        return None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -95,6 +135,23 @@ def share_config(cfg: DictConfig, out: Path) -> int:
         _shared = True
         torch.manual_seed(rank_seed(int(cfg.seed), 0))
     return dist.get_rank()
+
+
+@contextlib.contextmanager
+def rank_zero_first(out: Path):
+    """Under torchrun: rank 0 runs the block (e.g. fits and caches a grid), then the others, which read its cache.
+
+    Yields the run directory of rank 0 (``out`` itself on rank 0 and for one process), where a cache
+    kept in the run directory is found.  One barrier per block; a single process runs it as is.
+    """
+    dist = torch.distributed
+    several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if several and dist.get_rank() != 0:
+        dist.barrier()
+        out = Path(_received_out[0]) if _received_out else out
+    yield out
+    if several and dist.get_rank() == 0:
+        dist.barrier()
 
 
 class RankDone(Exception):

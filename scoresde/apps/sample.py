@@ -42,7 +42,7 @@ from .common import (GUIDANCE, JobRecord, apply_num_threads, evaluate_likelihood
                      validate_app_config)
 from .fit_grid import fitted_sampler, instantiate_sampler
 from .guided import build_guidance, check_guidance_values
-from .ranks import launch, share_config, task_overrides
+from .ranks import launch, rank_zero_first, share_config, task_on_ranks, task_overrides
 from .schemas import register_schemas
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,13 @@ def _run_choices(run_dir: Path) -> dict:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """The task function: ``cfg`` composed from ``conf/sample.yaml``."""
-    return report_usage_errors("sample", _run, cfg)
+    """The task function: ``cfg`` composed from ``conf/sample.yaml`` (submitit's tasks of a job: ``ranks.task_on_ranks``)."""
+    return task_on_ranks(lambda c: report_usage_errors("sample", _run, c), _rank_task, cfg)
+
+
+def _rank_task(cfg: DictConfig, out: Path, scratch: Path) -> None:
+    """A rank > 0 (torchrun, submitit tasks): sample its share with rank 0's config (``scoresde.apps.ranks``)."""
+    report_usage_errors("sample", lambda c: _run(c, scratch), cfg)
 
 
 def _run(cfg: DictConfig, out: Path | None = None) -> float | None:
@@ -135,9 +140,10 @@ def _run(cfg: DictConfig, out: Path | None = None) -> float | None:
                 for group in ("data", "sde", "model"):  # report what was actually used
                     if group not in _explicit_groups() and group in info["run_choices"]:
                         record["choices"][group] = info["run_choices"][group]
-            if grid_fit:  # load the cached fit (beside the checkpoint) or fit it now
-                sampler = fitted_sampler(record, sampler, score_fn, sde, data, checkpoint=record.get("checkpoint"),
-                                         out=out, device=device)
+            if grid_fit:  # load the cached fit (beside the checkpoint) or fit it now; torchrun: rank 0 fits
+                with rank_zero_first(out) as lead_out:
+                    sampler = fitted_sampler(record, sampler, score_fn, sde, data, checkpoint=record.get("checkpoint"),
+                                             out=lead_out, device=device)
             record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler))
             apply_num_threads(cfg.num_threads, None if model is None else sum(p.numel() for p in model.parameters()))
             guided, labels, record["guidance"] = build_guidance(
@@ -152,8 +158,7 @@ def _run(cfg: DictConfig, out: Path | None = None) -> float | None:
 def main() -> None:
     """Console entry point ``scoresde-sample``."""
     register_schemas()
-    launch(hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run),
-           lambda cfg, out, scratch: report_usage_errors("sample", lambda c: _run(c, scratch), cfg))
+    launch(hydra.main(config_path=str(config_dir()), config_name="sample", version_base="1.3")(run), _rank_task)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from omegaconf import MISSING
 
 from .. import elbo, likelihood, samplers, sdes
 from ..data import datasets, digits, files, image_folder, images, torchvision_data, toy
-from ..models import mlp, precond, unet
+from ..models import energy, mlp, precond, unet
 from ..training import loop, losses, recipes
 
 __all__ = ["SCHEMAS", "register_schemas", "schema_for", "TrainAppConfig", "SampleAppConfig", "EvalConfig",
@@ -123,6 +123,7 @@ SCHEMAS: tuple[tuple[str, Any, dict], ...] = (
     *(("mixture", toy.TARGETS[name], {}) for name in toy.TARGETS),
     ("model", mlp.ScoreMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
     ("model", precond.Preconditioned, {"partial": True, "exclude": _RUNTIME_ARGS}),
+    ("model", energy.EnergyMLP, {"partial": True, "exclude": _RUNTIME_ARGS}),
     *(("backbone", c, {"partial": True, "exclude": ("event_shape", "generator", "num_classes")})
       for c in (mlp.MLPBackbone, unet.UNet)),
     ("train", loop.TrainConfig, {}),
@@ -250,6 +251,7 @@ class QualityConfig:
     pilot_steps: int = 2000  # auto: steps of each candidate's pilot run
     candidates: List[int] = field(default_factory=lambda: [0, 64])  # auto: model.input_features to choose from
     final: str = "best"  # with checks: sample the final figure / metrics from best.pt ("best") or last.pt ("last")
+    sampler: Any = None  # auto: the final sampler when `sampler` is left at its default (conf/train.yaml)
 
 
 @dataclass

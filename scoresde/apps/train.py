@@ -39,8 +39,8 @@ TensorBoard scalar and a point in the second panel of ``loss.png``; ``best.pt`` 
 check's weights, and the final samples come from it (``quality.final=best``; metrics.json's
 ``train.sampled`` names the checkpoint and its step).  ``auto`` (null: true for ``data=file``):
 ``train.num_steps`` becomes ``quality.budget``, ``model.input_features`` is chosen among
-``quality.candidates`` by pilot runs, and training ends after ``quality.patience`` consecutive checks
-at floor; ``metrics.json``'s ``train.auto`` records what was decided, so ``auto=false`` with those
+``quality.candidates`` by pilot runs, training ends after ``quality.patience`` consecutive checks
+at floor, and a sampler left at its default is replaced by ``quality.sampler`` (``_auto_sampler``); ``metrics.json``'s ``train.auto`` records what was decided, so ``auto=false`` with those
 values pins it.  ``auto=false`` without checks and without a split is the run of before, bit for bit.  The task function returns the sliced-W2 / noise-floor ratio (for optimising sweepers).
 """
 from __future__ import annotations
@@ -69,14 +69,18 @@ from . import config_dir, figures
 from .common import (EVAL_DATA, MODEL_INIT, JobRecord, detach_parameters, evaluate_likelihood, make_generator,
                      apply_num_threads, output_dir, report_usage_errors, resolve_device, resume_hint,
                      sample_and_evaluate, start_job, user_errors, validate_app_config)
-from .ranks import end_data_parallel, launch, share_config
+from .ranks import end_data_parallel, launch, share_config, task_on_ranks
 from .schemas import register_schemas
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float | None:
-    """The task function: ``cfg`` composed from ``conf/train.yaml``."""
+    """The task function: ``cfg`` composed from ``conf/train.yaml`` (submitit's tasks of a job: ``ranks.task_on_ranks``)."""
+    return task_on_ranks(_job, _rank_task, cfg)
+
+
+def _job(cfg: DictConfig) -> float | None:
     out = output_dir()
     try:
         return report_usage_errors("train", lambda c: _run(c, out), cfg)
@@ -121,11 +125,9 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
                 probe_writable(train_config.checkpoint_dir, "train.checkpoint_dir")
             recipe = _recipe(cfg, sde)  # loss / time / optim / scheduler groups (None: TrainConfig's own)
             auto, every = _quality_plan(cfg, data)
-            if auto and torch.distributed.is_available() and torch.distributed.is_initialized():
-                raise ValueError("auto=true (the default for data=file) is not supported under torchrun yet: its early "
-                                 "stop is decided on rank 0 alone; pass auto=false (quality.every still works)")
             if auto:
                 train_config = dataclasses.replace(train_config, num_steps=cfg.quality.budget)
+                sampler, sampler_rule = _auto_sampler(cfg, record, sampler)
             parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
             apply_num_threads(cfg.num_threads, parameters)  # once, before any work (common.SMALL_MODEL_PARAMETERS)
             record.update(sde=repr(sde), data=repr(data), sampler=repr(sampler), model=getattr(model, "config", repr(model)))
@@ -142,6 +144,7 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
                                   log_file=out / "quality_log.csv", eval_seed=cfg.eval.seed)
             if auto:
                 model, decided = _auto_model(cfg, sde, data, train_config, recipe, checks, model)
+                decided.update(sampler=repr(sampler), sampler_rule=sampler_rule)
         try:
             with user_errors("train"):  # resume / checkpoint problems are found before the first step
                 result = train(model, data, train_config, resume=cfg.resume, log_file=out / "train_log.csv",
@@ -231,6 +234,26 @@ def _quality_plan(cfg: DictConfig, data) -> tuple[bool, int | None]:
     return auto, every
 
 
+def _auto_sampler(cfg: DictConfig, record, sampler):
+    """``auto``: (the final sampler, the rule): ``quality.sampler`` if ``sampler`` is left at its default, else ``sampler``.
+
+    "Left at its default": the choice ``pc`` with no ``sampler...`` override and no experiment file.
+    PC-200's coarse last steps (uniform t, 200 predictor steps) leave thin data off their curve:
+    ``benchmarks/results/own_data.md`` (the same checkpoints, 400 NFE each: S-curve outlier_z 1.5-4.5
+    with PC-200, -0.7-0.7 with Euler-Maruyama 400).
+    """
+    if cfg.quality.get("sampler") is None:
+        return sampler, "quality.sampler=null: the configured sampler"
+    chosen = record["choices"].get("sampler") == "pc" and record["choices"].get("experiment") in (None, "null") \
+        and not any(o.lstrip("+~").split("=")[0].split(".")[0] == "sampler" for o in record["overrides"])
+    if not chosen:
+        return sampler, "the sampler given (sampler=..., an override or an experiment)"
+    sampler = instantiate(cfg.quality.sampler, _convert_="all")
+    record["choices"]["sampler"] = f"quality.sampler ({type(sampler).__name__})"  # names the figures' sampler
+    log.info("auto: sampling the final samples with %r (quality.sampler; pin another with sampler=...)", sampler)
+    return sampler, "sampler left at its default: quality.sampler"
+
+
 def _auto_model(cfg: DictConfig, sde, data, train_config, recipe: dict, check: QualityCheck, model):
     """``auto``: choose model.input_features by pilot runs (``quality.choose_input_features``); (model, decisions)."""
     decided = {"auto": True, "num_steps_budget": train_config.num_steps, "patience": cfg.quality.patience,
@@ -247,6 +270,10 @@ def _auto_model(cfg: DictConfig, sde, data, train_config, recipe: dict, check: Q
     start = time.process_time()
     choice = choose_input_features(make, data, train_config, check.target, candidates=list(cfg.quality.candidates),
                                    pilot_steps=cfg.quality.pilot_steps, check=check, train_kwargs=recipe)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # torchrun: rank 0's choice
+        shared = [choice]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        choice = shared[0]
     decided.update(choice, pilots_cpu_s=time.process_time() - start)
     log.info("auto: model.input_features=%d (pilots of %d steps: %s)", choice["input_features"], choice["pilot_steps"],
              ", ".join(f"{p['input_features']}: {p['headline']} {p['value']:.3g} {p['overall']}" for p in choice["pilots"]))

@@ -7,13 +7,15 @@ become score models through ``Preconditioned`` (EDM's c_skip / c_out / c_in / c_
 
 * ``mlp``: ``ScoreMLP`` (the 2-D default), ``MLPBackbone``, the noise embeddings;
 * ``unet``: a small convolutional U-Net backbone for ``[B, C, H, W]``;
-* ``precond``: ``Preconditioned(backbone, sde, parameterization)`` and ``edm_coefficients``.
+* ``precond``: ``Preconditioned(backbone, sde, parameterization)`` and ``edm_coefficients``;
+* ``energy``: ``EnergyMLP``, a scalar energy E(x, t) on the MLP whose score is -grad_x E (``score_fn.log_prob`` = -E).
 """
+from .energy import EnergyMLP, EnergyScore
 from .mlp import GaussianFourierEmbedding, MLPBackbone, ScoreMLP, SinusoidalEmbedding
 from .precond import PARAMETERIZATIONS, Preconditioned, edm_coefficients
 from .unet import UNet
 
 __all__ = [
     "ScoreMLP", "MLPBackbone", "UNet", "Preconditioned", "edm_coefficients", "PARAMETERIZATIONS",
-    "GaussianFourierEmbedding", "SinusoidalEmbedding",
+    "GaussianFourierEmbedding", "SinusoidalEmbedding", "EnergyMLP", "EnergyScore",
 ]

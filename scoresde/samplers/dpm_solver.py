@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_in, check_int, check_nonnegative
+from .._checks import check_in, check_int
 from ..grids import Grid
-from . import _scalar
+from . import _per_step, _scalar
 from .base import FixedGridSampler, StepContext
 
 __all__ = ["DPMSolverPP"]
@@ -91,7 +91,11 @@ class DPMSolverPP(FixedGridSampler):
         denoise: end with the step to sigma = 0 (else return the sample at ts[N-1]).
         order: 1, 2 or 3.
         solver_type: "midpoint" (diffusers' and k-diffusion's default) or "heun" second-order weight.
-        eta: noise scale, 0 (ODE) ... 1 (SDE-DPM-Solver++); >= 0.
+        eta: noise scale, 0 (ODE) ... 1 (SDE-DPM-Solver++); >= 0.  Or one value eta_i per step (a sequence
+            of num_steps - 1 values: step i, from ts[i] to ts[i+1], uses eta_i in h' and in the noise), the
+            per-step stochastic coefficient of AdaSDE (Wang et al. 2025, arXiv:2510.23285) fitted by
+            ``samplers.fit_stochastic``; a constant sequence gives the scalar's samples bit for bit.
+            Order 1 with eta = 1 is DDIM with eta = 1, DDPM's ancestral step (equal to round-off, tests/test_fit_stochastic.py).
         lower_order_final: lower the order of the final steps when num_steps < 15.
         third_order: "taylor" (order 3) or "diffusers" (the reference code's 3M), see above.
     """
@@ -101,7 +105,7 @@ class DPMSolverPP(FixedGridSampler):
     denoise: bool = True
     order: int = 2
     solver_type: str = "midpoint"
-    eta: float = 0.0
+    eta: float | tuple[float, ...] = 0.0
     lower_order_final: bool = True
     third_order: str = "taylor"
 
@@ -109,7 +113,8 @@ class DPMSolverPP(FixedGridSampler):
         self.check_grid_fields()
         check_int("order", self.order, minimum=1, maximum=3)
         check_in("solver_type", self.solver_type, ("midpoint", "heun"))
-        check_nonnegative("eta", self.eta)
+        object.__setattr__(self, "eta", _per_step.check_coefficient("eta", self.eta))
+        _per_step.check_length("eta", self.eta, self.num_steps - 1, "steps (num_steps - 1)")
         check_in("third_order", self.third_order, ("taylor", "diffusers"))
         if not isinstance(self.lower_order_final, bool):
             raise TypeError(f"`lower_order_final` must be a bool, got {self.lower_order_final!r}")
@@ -121,16 +126,21 @@ class DPMSolverPP(FixedGridSampler):
             order = min(order, 2)
         return order
 
+    def _sample(self, score_fn, sde, x, generator, callback, progress, ts):
+        _per_step.check_length("eta", self.eta, (self.num_steps if ts is None else len(ts)) - 1, "steps")
+        return super()._sample(score_fn, sde, x, generator, callback, progress, ts)
+
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         history = ctx.state.setdefault("history", [])  # (lambda, D) of earlier grid times, newest last
         lam_s, lam_t = ctx.lambda_(i), ctx.lambda_(i + 1)
         h = lam_t - lam_s
-        h_eta = (1.0 + self.eta) * h
+        eta = _per_step.at(self.eta, i)
+        h_eta = (1.0 + eta) * h
         D0 = ctx.denoised(x, i)
         order = self.step_order(i, ctx.num_steps)
 
         # first-order part: exact for constant D
-        x_mean = (ctx.sigma(i + 1) / ctx.sigma(i)) * _scalar.exp(-self.eta * h) * x
+        x_mean = (ctx.sigma(i + 1) / ctx.sigma(i)) * _scalar.exp(-eta * h) * x
         update = -_scalar.expm1(-h_eta) * D0
         if order >= 2:
             lam_1, D1 = history[-1]
@@ -152,7 +162,7 @@ class DPMSolverPP(FixedGridSampler):
 
         history.append((lam_s, D0))
         del history[: -max(self.order - 1, 1)]
-        if self.eta == 0:
+        if eta == 0:
             return x_mean, x_mean
-        noise_std = ctx.sigma(i + 1) * _scalar.sqrt(-_scalar.expm1(-2.0 * self.eta * h))
+        noise_std = ctx.sigma(i + 1) * _scalar.sqrt(-_scalar.expm1(-2.0 * eta * h))
         return x_mean + noise_std * ctx.noise(x), x_mean

@@ -16,7 +16,7 @@ from prior draws x_T and the outputs of a high-accuracy teacher from the *same* 
   gradients through the sampler (``differentiable_sample``); the grid with the lowest error on a
   held-out validation batch is kept.  Started from the best standard grid on the training batch.
   (LD3's relaxed "ball" loss for images is not used: in low dimension plain L2 worked.)
-* ``dp_grid`` (GITS: Chen et al., "On the Trajectory Regularity of ODE-based Diffusion Sampling",
+* ``dp_grid`` (in ``samplers.fit_dp``, importable from here; GITS: Chen et al., "On the Trajectory Regularity of ODE-based Diffusion Sampling",
   ICML 2024, Sec. 4, Alg. 1): teacher states on a fine candidate grid of M times (uniform in
   log sigma~); the cost of one step between candidates i -> j is the mean distance between the
   first-order (DDIM / Euler in sigma~) step from the teacher state at i and the teacher state at j,
@@ -33,6 +33,8 @@ drives the same ``step`` / ``finish`` methods with a ``DifferentiableContext``, 
 whose per-grid-time alpha, sigma, lambda and time tensors are 0-d tensors computed from the grid
 with gradients (the multistep solvers' coefficient functions accept those, ``samplers._scalar``).
 Its output equals ``sampler.run(..., ts=ts)`` to float round-off (tests/test_fitting.py).
+Stochastic samplers (per-step noise fitted with the grid, AdaSDE-style): ``samplers.fit_stochastic``,
+which drives the same loop (``drive``) with the sampler's noise generator.
 Supported: the deterministic samplers ``DDIM`` (eta = 0), ``DPMSolverPP`` (eta = 0, orders 1-3),
 ``UniPC``, ``EDMHeun`` (s_churn = 0), ``ProbabilityFlowODE`` ("euler", "heun").
 """
@@ -59,7 +61,7 @@ from .scorecalls import CountedScore
 from .unipc import UniPC
 
 __all__ = [
-    "DifferentiableContext", "differentiable_sample", "check_fittable", "LogSigmaGrid",
+    "DifferentiableContext", "differentiable_sample", "drive", "time_of_sigma_ve", "check_fittable", "LogSigmaGrid",
     "FitResult", "fit_grid", "dp_grid", "default_teacher", "STANDARD_GRIDS",
 ]
 
@@ -105,6 +107,26 @@ class DifferentiableContext(StepContext):
     def lambda_(self, i: int) -> torch.Tensor:
         return torch.log(self._alpha[i]) - torch.log(self._sigma[i])
 
+    def at_sigma_ve(self, sigma_ve: torch.Tensor, x: torch.Tensor):
+        """(t [B] in x's dtype, alpha(t), sigma(t)) at the noise level ``sigma_ve`` (a 0-d tensor off the grid,
+        EDM's churned sigma^), differentiable; the ordinary path computes the same in floats (``EDMHeun``)."""
+        t = time_of_sigma_ve(self.sde, sigma_ve.reshape(1)).clamp(self.sde.t_min, self.sde.T)
+        alpha, sigma = self.sde.alpha(t)[0], self.sde.sigma(t)[0]
+        return t[0].to(x.dtype) * torch.ones(x.shape[0], dtype=x.dtype, device=x.device), alpha, sigma
+
+
+def time_of_sigma_ve(sde: SDE, sig: torch.Tensor) -> torch.Tensor:
+    """``sde.t_from_sigma_ve(sig)`` with a gradient also where the inverse is a bisection (implicit function
+    theorem: dt/dsigma~ = 1 / sigma~'(t)); float64."""
+    with trusted_times():
+        t = sde.t_from_sigma_ve(sig)
+        if not t.requires_grad and sig.requires_grad:  # a bisection inverse: implicit gradient
+            tt = t.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (dsig,) = torch.autograd.grad(sde.sigma_ve(tt).sum(), tt)
+            t = t.detach() + (sig - sig.detach()) / dsig
+    return t
+
 
 def differentiable_sample(
     sampler, score_fn: ScoreFn, sde: SDE, x_init: torch.Tensor, ts: torch.Tensor
@@ -113,8 +135,15 @@ def differentiable_sample(
     differentiable with respect to ``ts`` (and ``x_init``); equals ``sampler.run(score_fn, sde,
     x_init=x_init, ts=ts).x`` to round-off.  The grid is not range-checked here (the caller's own)."""
     check_fittable(sampler)
+    return drive(sampler, score_fn, sde, x_init, ts)
+
+
+def drive(sampler, score_fn: ScoreFn, sde: SDE, x_init: torch.Tensor, ts: torch.Tensor,
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """The loop of ``differentiable_sample`` without the check of ``sampler`` (``fit_stochastic`` passes
+    stochastic samplers and their noise ``generator``; noise is drawn as ``Sampler.run`` draws it)."""
     counted = CountedScore(score_fn)
-    ctx = DifferentiableContext(counted, sde, ts)
+    ctx = DifferentiableContext(counted, sde, ts, generator)
     x = x_init
     with torch.enable_grad(), trusted_times():
         for i in range(ctx.num_steps - 1):
@@ -139,14 +168,7 @@ class LogSigmaGrid:
         """theta [N] -> ts [N] (float64, t_0 = T, strictly decreasing, in [t_min, T])."""
         w = torch.softmax(theta.to(F64), 0)
         log_sig = self.log_hi - self.span * torch.cat([w.new_zeros(1), torch.cumsum(w[:-1], 0)])
-        sig = log_sig.exp()
-        with trusted_times():
-            t = self.sde.t_from_sigma_ve(sig)
-            if not t.requires_grad and sig.requires_grad:  # a bisection inverse: implicit gradient
-                tt = t.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    (dsig,) = torch.autograd.grad(self.sde.sigma_ve(tt).sum(), tt)
-                t = t.detach() + (sig - sig.detach()) / dsig
+        t = time_of_sigma_ve(self.sde, log_sig.exp())
         t = t.clamp(self.sde.t_min, self.sde.T)
         return torch.cat([t.new_full((1,), self.sde.T), t[1:]])
 
@@ -356,84 +378,4 @@ class _Adam:
             self.param.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
 
 
-def dp_grid(
-    score_fn: ScoreFn, sde: SDE, sampler, num_steps: int, event_shape: tuple[int, ...], *,
-    num_train: int = 512, num_val: int = 512, seed: int = 0, candidates: int = 96, substeps: int = 4,
-    teacher=None, device: torch.device | str | None = None,
-) -> FitResult:
-    """GITS-style dynamic-programming grid (module docstring); the same draws and fallback as ``fit_grid``.
-
-    ``candidates``: M times uniform in log sigma~ from T to t_min; the teacher states there come from
-    RK4 in EDM's variables with ``substeps`` steps per candidate interval (4 (M - 1) substeps).
-    """
-    cpu0 = _cpu()
-    event_shape = _check_common(score_fn, sde, num_steps, event_shape, num_train, num_val, seed)
-    check_int("candidates", candidates, minimum=num_steps)
-    check_int("substeps", substeps)
-    prob = _Problem(score_fn, sde, sampler, num_steps, event_shape, num_train, num_val, seed, teacher, device)
-    ts = _dp_times(prob, candidates, substeps)
-    info = {"candidates": candidates, "substeps": substeps, "seed": seed}
-    return prob.choose(ts, "dp", [], cpu0, info)
-
-
-def _dp_times(prob: _Problem, candidates: int, substeps: int) -> torch.Tensor:
-    """The DP grid of ``dp_grid`` on the problem's training draws."""
-    score_fn, sde, num_steps = prob.score_fn, prob.sde, prob.num_steps
-    fine = LogSigmaGrid(sde, candidates)
-    cand_ts = fine.times(torch.zeros(candidates, dtype=F64))  # uniform in log sigma~, the last at lo + span/M
-    cand_ts[-1] = sde.t_min
-    fine_ts = _refine(sde, cand_ts, substeps)
-    states = {}
-
-    def keep(info):
-        if info.step % substeps == substeps - 1:
-            states[len(states) + 1] = info.x
-
-    rk4 = ProbabilityFlowODE(method="rk4", num_steps=len(fine_ts), denoise=False)
-    x = prob.x_train
-    rk4.run(score_fn, sde, x_init=x, ts=fine_ts, callback=keep)
-    xs = [x] + [states[k] for k in sorted(states)]  # teacher states at the M candidates
-    y = prob.y_train
-    with torch.no_grad(), trusted_times():
-        alpha = sde.alpha(cand_ts).tolist()
-        sig = sde.sigma(cand_ts).tolist()
-        D, d = [], []
-        for i, xi in enumerate(xs):
-            s = score_fn(xi, torch.full((len(xi),), float(cand_ts[i]), dtype=xi.dtype, device=xi.device))
-            D.append((xi + sig[i] ** 2 * s) / alpha[i])
-            d.append(-sig[i] * s)  # dx~/dsigma~
-        sve = [s_ / a for s_, a in zip(sig, alpha)]
-        M = len(xs)
-        cost = torch.full((M, M), math.inf, dtype=F64)
-        for i in range(M - 1):
-            xt = xs[i] / alpha[i]
-            for j in range(i + 1, M):
-                pred = alpha[j] * (xt + (sve[j] - sve[i]) * d[i])
-                cost[i, j] = (pred - xs[j]).flatten(1).norm(dim=1).mean()
-        final = torch.tensor([float((D[i] - y).flatten(1).norm(dim=1).mean()) for i in range(M)], dtype=F64)
-    return cand_ts[_dp_path(cost, final, num_steps)]
-
-
-def _dp_path(cost: torch.Tensor, final: torch.Tensor, num_steps: int) -> list[int]:
-    """Indices 0 = i_0 < ... < i_{N-1} minimising sum_k cost[i_k, i_{k+1}] + final[i_{N-1}] (Bellman recursion
-    over the number of steps taken; ``cost`` is +inf where a step is not allowed)."""
-    value = torch.full((len(final),), math.inf, dtype=F64)
-    value[0] = 0.0
-    back = []
-    for _ in range(num_steps - 1):
-        value, arg = (value[:, None] + cost).min(0)
-        back.append(arg)
-    path = [int(torch.argmin(value + final))]
-    for arg in reversed(back):
-        path.append(int(arg[path[-1]]))
-    return path[::-1]
-
-
-def _refine(sde: SDE, ts: torch.Tensor, substeps: int) -> torch.Tensor:
-    """``substeps`` steps uniform in log sigma~ inside each interval of ``ts`` (the ends kept exactly)."""
-    sig = sde.sigma_ve(ts).log()
-    parts = [ts[:1]]
-    for i in range(len(ts) - 1):
-        inner = torch.linspace(float(sig[i]), float(sig[i + 1]), substeps + 1, dtype=F64)[1:-1].exp()
-        parts += [sde.t_from_sigma_ve(inner).to(F64), ts[i + 1:i + 2]]
-    return torch.cat(parts)
+from .fit_dp import _dp_path, _dp_times, dp_grid  # noqa: E402, F401  (the GITS-style DP, importable from here as before)

@@ -104,17 +104,31 @@ def _log_uniform(x: torch.Tensor, generator) -> torch.Tensor:
     return torch.special.log_ndtr(z)
 
 
-def mala_step(problem: _Metropolis, counted, x, score, log_p, t, step_size: float, temperature: float, generator):
-    """One MALA step at time ``t`` from (x, s(x), log p(x)); returns (x, score, log_p, x_mean) after it."""
-    half, noise = step_size / 2, (step_size * temperature) ** 0.5
+def mala_step(problem: _Metropolis, counted, x, score, log_p, t, step_size, temperature: float, generator,
+              step_rule=None):
+    """One MALA step at time ``t`` from (x, s(x), log p(x)); returns (x, score, log_p, x_mean) after it.
+
+    ``step_size`` eps: a float, or a per-sample ``[B]`` tensor (the correctors' steps).  ``step_rule``:
+    None for a step that does not depend on the state, else ``step_rule(score) -> [B]``, the step at a
+    state with that score (``LangevinCorrector(norm="sqrt_d")``); the reverse kernel q(x | y) then uses
+    the step at y, and the ratio gains the Gaussians' normalisers (d/2) log(eps_x / eps_y).
+    """
+    step = append_dims(step_size, x.ndim) if torch.is_tensor(step_size) else step_size
+    half, noise = step / 2, (step * temperature) ** 0.5
     x_mean = x + half * score
     y = x_mean + noise * randn_like(x, generator)
     score_y = counted(y, t)
     log_p_y = problem.log_prob(y, t)
-    # log q(x|y) - log q(y|x), q(b|a) = N(b; a + half s(a), eps T I)
-    back = (x - y - half * score_y).flatten(1).pow(2).sum(1)
+    # log q(x|y) - log q(y|x), q(b|a) = N(b; a + (eps_a/2) s(a), eps_a T I)
     forth = (y - x_mean).flatten(1).pow(2).sum(1)
-    log_ratio = (log_p_y - log_p) / temperature + (forth - back) / (2 * step_size * temperature)
+    if step_rule is None:
+        back = (x - y - half * score_y).flatten(1).pow(2).sum(1)
+        log_ratio = (log_p_y - log_p) / temperature + (forth - back) / (2 * step_size * temperature)
+    else:
+        step_y = step_rule(score_y)
+        back = (x - y - append_dims(step_y / 2, x.ndim) * score_y).flatten(1).pow(2).sum(1)
+        log_ratio = ((log_p_y - log_p) / temperature + forth / (2 * step_size * temperature)
+                     - back / (2 * step_y * temperature) + (x[0].numel() / 2) * (step_size / step_y).log())
     accept = _log_uniform(x, generator) < log_ratio  # NaN -> rejected
     problem.record(accept)
     keep = append_dims(accept, x.ndim)

@@ -11,7 +11,8 @@ the grid ``ts`` (``grid``, default "uniform" = ``sde.timesteps(num_steps)``, T -
 
 NFE = num_steps predictor evaluations (the last one is the denoise) + corrector_steps per corrected
 grid time (num_steps for corrector-first, num_steps - 1 for predictor-first), + 1 for the final
-denoise when there is no predictor.  ``ReverseSDE``, ``DDPM`` and ``DDIM`` are this loop with no corrector.
+denoise when there is no predictor.  A MALA corrector step (``metropolis=True``) counts 4: two score
+and two log-density evaluations.  ``ReverseSDE``, ``DDPM`` and ``DDIM`` are this loop with no corrector.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .._checks import check_in, check_int
 from ..grids import Grid
 from .base import FixedGridSampler, StepContext, batch_time
 from .correctors import AnnealedLangevinCorrector, Corrector
+from .langevin import _MetropolisRun
 from .predictors import AncestralPredictor, DDIMPredictor, EulerMaruyamaPredictor, Predictor, ReverseDiffusionPredictor
 
 __all__ = ["PredictorCorrector", "ReverseSDE", "DDPM", "DDIM", "predict", "correct"]
@@ -47,7 +49,7 @@ def correct(corrector: Corrector | None, steps: int, ctx: StepContext, x: torch.
 
 
 @dataclass(frozen=True)
-class PredictorCorrector(FixedGridSampler):
+class PredictorCorrector(_MetropolisRun, FixedGridSampler):
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1); ``predictor`` or ``corrector`` may be None.
 
     Defaults (reverse diffusion + ``AnnealedLangevinCorrector(snr=0.1)``, 200 steps, corrector
@@ -55,6 +57,10 @@ class PredictorCorrector(FixedGridSampler):
     (sliced W2 within 0.8-1.2x the sampling-noise floor at n = 10 000).  The signal-to-noise
     ``LangevinCorrector`` with per-sample norms is not the default because in low dimension its
     step is heavy-tailed (see its docstring); with ``norm="batch"`` it does as well.
+
+    With a MALA corrector (``corrector.metropolis=True``, ``samplers.correctors``) ``run`` takes
+    ``log_prob_fn(x, t) -> [B]`` (default ``score_fn.log_prob``) and returns a ``MetropolisResult``:
+    ``nfe`` counts the score and log-density evaluations, ``acceptance_rate`` the corrector's moves.
     """
 
     final_from_time_tensor = True  # Tweedie with the [B] time tensor: bit for bit as before (FixedGridSampler)
@@ -77,6 +83,11 @@ class PredictorCorrector(FixedGridSampler):
             raise TypeError(f"`corrector` must be a Corrector or None, got {type(self.corrector).__name__}")
         if self.predictor is None and (self.corrector is None or self.corrector_steps == 0):
             raise ValueError("`predictor` and `corrector` cannot both be None (or corrector_steps = 0)")
+
+    @property
+    def metropolis(self) -> bool:
+        """True with a MALA corrector: ``run`` then needs a log-density (class docstring)."""
+        return self.corrector is not None and self.corrector_steps > 0 and getattr(self.corrector, "metropolis", False)
 
     def step(self, ctx, x, i):
         if self.order == "corrector_first":

@@ -56,8 +56,9 @@ CHECKPOINT_NAME = "last.pt"
 # Fields of ``training.TrainConfig`` that change the trajectory: a resumed run must agree on them.
 TRAJECTORY_FIELDS = (
     "batch_size", "lr", "optimizer", "weight_decay", "beta1", "beta2", "warmup_steps",
-    "grad_clip", "ema_decay", "label_dropout", "seed",
+    "grad_clip", "ema_decay", "label_dropout", "seed", "accumulate", "precision",
 )  # fmt: skip
+_WRITTEN_BEFORE = {"accumulate": 1, "precision": "fp32"}  # checkpoints older than these fields: their only value
 
 
 class CheckpointError(RuntimeError):
@@ -230,9 +231,10 @@ def sde_config_from_repr(text: str) -> dict | None:
 
 def _check_compatible(saved: dict, config, model: nn.Module, path: Path) -> None:
     for name in TRAJECTORY_FIELDS:
-        if saved.get(name) != getattr(config, name):
+        value = saved.get(name, _WRITTEN_BEFORE.get(name))
+        if value != getattr(config, name):
             raise CheckpointMismatchError(
-                f"checkpoint {path} was written with {name}={saved.get(name)!r} but the config has "
+                f"checkpoint {path} was written with {name}={value!r} but the config has "
                 f"{name}={getattr(config, name)!r}; resuming would not continue the same run"
             )
     if torch.device(saved.get("device", "cpu")).type != torch.device(config.device).type:

@@ -16,24 +16,26 @@
 - A SIGINT / SIGTERM on any rank stops every rank after the same step: ``AgreeOnStop`` (order
   ``STOP + 1``) all-reduces (max) each step's local stop signal on a gloo group in the background
   and applies the result one step later, so no rank waits on the device; rank 0 then writes the one
-  checkpoint and every rank raises ``TrainingInterrupted``.
+  checkpoint and every rank raises ``TrainingInterrupted``.  An early finish decided on rank 0 (a
+  quality check's patience) ends every rank after the same step: ``AgreeOnFinish``.
 
 ``init_from_environment()`` initialises the default group from ``torchrun``'s variables (``RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``) or from SLURM's (``SLURM_PROCID``,
-``SLURM_NTASKS``, ``SLURM_LOCALID``, through ``submitit``'s ``TorchDistributedEnvironment`` when it is
-installed); it does nothing for a single process.
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``) or from a submitit job's / SLURM's
+(``cluster_variables``: one process per task, e.g. Hydra's submitit launcher with
+``tasks_per_node``); it does nothing for a single process.
 """
 from __future__ import annotations
 
 import logging
 import os
+import random
 
 import torch
 
-from .callbacks import STOP, Callback, TrainState
+from .callbacks import EVALUATE, STOP, Callback, TrainState
 
-__all__ = ["resolve_group", "rank_seed", "init_from_environment", "AgreeOnStop", "gather_rows", "world_size", "rank",
-           "rank_batches", "gather_batches"]
+__all__ = ["resolve_group", "rank_seed", "cluster_variables", "init_from_environment", "AgreeOnStop", "AgreeOnFinish",
+           "gather_rows", "world_size", "rank", "rank_batches", "gather_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +73,49 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed + (rank + 1) * _RANK_SEED_STRIDE) % 2**63
 
 
-def init_from_environment(device_type: str = "cpu") -> bool:
-    """Initialise the default process group from torchrun's or SLURM's environment; True if several ranks.
+def cluster_variables() -> dict[str, str]:
+    """torch.distributed's ``env://`` variables for one task of a submitit job or of SLURM tasks.
 
-    NCCL for CUDA tensors and gloo for CPU ones when ``device_type == "cuda"`` (each rank then uses GPU
-    ``LOCAL_RANK``), gloo alone otherwise.  A
-    single process (no such variables, or a world of 1) is left alone.
+    Inside a submitit job (``SUBMITIT_EXECUTOR`` set: Hydra's submitit launcher, local or SLURM
+    executor) its ``JobEnvironment`` names the task; otherwise, in a job step of several tasks
+    (``srun``: ``SLURM_STEP_NUM_TASKS > 1``; not the batch script itself, which is one process),
+    submitit's ``SlurmJobEnvironment`` reads ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``,
+    ``SLURM_JOB_NUM_NODES``, ``SLURM_JOB_NODELIST`` and ``SLURM_JOB_ID``.  ``RANK`` = the global rank,
+    ``WORLD_SIZE`` = the number of tasks, ``LOCAL_RANK`` = the rank on the node, ``MASTER_ADDR`` = the
+    job's first host, ``MASTER_PORT`` = ``$MASTER_PORT`` or a port in [20000, 60000] drawn from the
+    job id (the rule of submitit's ``TorchDistributedEnvironment``: every task of a job agrees).
+    ``{}`` under torchrun (``WORLD_SIZE`` already set), for one task, or outside such a job.
+    """
+    in_submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
+    if "WORLD_SIZE" in os.environ or (not in_submitit and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) <= 1):
+        return {}
+    try:
+        import submitit
+        from submitit.slurm.slurm import SlurmJobEnvironment
+    except ImportError as e:
+        raise RuntimeError("several SLURM tasks need `submitit` to set up torch.distributed "
+                           "(pip install -e \".[slurm]\"), or launch with torchrun") from e
+    job = submitit.JobEnvironment() if in_submitit else SlurmJobEnvironment()
+    if job.num_tasks <= 1:
+        return {}
+    port = os.environ.get("MASTER_PORT") or str(random.Random(job.job_id).randint(20000, 60000))
+    return {"MASTER_ADDR": job.hostnames[0], "MASTER_PORT": port, "RANK": str(job.global_rank),
+            "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
+            "LOCAL_WORLD_SIZE": str(job.num_tasks // job.num_nodes)}
+
+
+def init_from_environment(device_type: str = "cpu") -> bool:
+    """Initialise the default process group from torchrun's, submitit's or SLURM's environment; True if several ranks.
+
+    The variables of a submitit job or SLURM tasks (``cluster_variables``) are exported first.  NCCL
+    for CUDA tensors and gloo for CPU ones when ``device_type == "cuda"`` (each rank then uses GPU
+    ``LOCAL_RANK``), gloo alone otherwise.  A single process (no such variables, or a world of 1) is
+    left alone.
     """
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
-    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        try:  # SLURM (and submitit's local executor): submitit knows the master address and port
-            from submitit.helpers import TorchDistributedEnvironment
-        except ImportError as e:
-            raise RuntimeError("several SLURM tasks need `submitit` to set up torch.distributed "
-                               "(pip install -e \".[slurm]\"), or launch with torchrun") from e
-        TorchDistributedEnvironment().export()
+    os.environ.update(cluster_variables())
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"  # CPU tensors (gathered samples) via gloo
@@ -141,6 +169,40 @@ class AgreeOnStop(Callback):
             self._wait()
         except RuntimeError:  # a peer is gone (killed): the run is ending with that error anyway
             pass
+
+
+class AgreeOnFinish(Callback):
+    """Every rank finishes after the same step when a rank-0-only callback sets ``due.finish`` (a quality check's patience).
+
+    Runs after the ``EVALUATE`` callbacks (order ``EVALUATE + 1``) in ``on_check``.  At the loop's own
+    check points, which every rank shares (every ``check_every`` steps, the last step, an agreed
+    stop), it all-reduces (max) the finish flag on ``AgreeOnStop``'s gloo group and sets the result
+    on every rank: one blocking collective per check point, none in between.  A finish decided at
+    another step (rank 0 alone syncs there: a quality check off the ``check_every`` grid) is held
+    until the next shared check point (and saved there).  A quality check every ``k x check_every``
+    steps therefore finishes at the step it decides, as one process would.
+    """
+
+    order = EVALUATE + 1
+
+    def __init__(self, stop: AgreeOnStop):
+        self.stop, self.pending = stop, False
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.pending:  # a held finish saves where it ends: the guard checks the parameters first
+            state.due.params = True
+
+    def on_check(self, state: TrainState) -> None:
+        finish = self.pending or bool(state.due.finish)
+        shared = state.step % state.config.check_every == 0 or state.step == state.num_steps or state.due.stop
+        if not shared:
+            self.pending, state.due.finish = finish, False
+            return
+        flag = torch.tensor([int(finish)], dtype=torch.int64)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.stop.control)
+        if self.pending:  # the checkpoint of the step it ends at
+            state.due.save = True
+        self.pending, state.due.finish = False, bool(flag.item())
 
 
 def _batches(n: int, batch_size: int, world: int) -> list[list[tuple[int, int]]]:

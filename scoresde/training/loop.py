@@ -84,7 +84,7 @@ from .history import LossHistory
 from .logs import ProgressBar, StepLog, summary_writer_class as _summary_writer_class
 from .losses import DSMLoss
 from .recipes import Adam, AdamW, ConstantLR, check_betas
-from .distributed import AgreeOnStop, resolve_group
+from .distributed import AgreeOnFinish, AgreeOnStop, resolve_group
 from .scaling import PRECISIONS, GradScalerState, ScaledStep, needs_scaled_step
 
 __all__ = [
@@ -361,11 +361,12 @@ def _callbacks(state: TrainState, given: list) -> list:
 
 
 def _scaling_callbacks(dsm_step: DSMStep) -> list:
-    """Several ranks: agree on a stop; fp16: keep the GradScaler's state in checkpoints."""
+    """Several ranks: agree on a stop and an early finish; fp16: keep the GradScaler's state in checkpoints."""
     scaled = dsm_step.scaled
     if scaled is None:
         return []
-    return ([AgreeOnStop(scaled.group)] if scaled.world > 1 else []) + \
+    agree = [AgreeOnStop(scaled.group)] if scaled.world > 1 else []
+    return agree + [AgreeOnFinish(stop) for stop in agree] + \
         ([GradScalerState(scaled.scaler)] if scaled.scaler is not None else [])
 
 

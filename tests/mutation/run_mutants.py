@@ -78,7 +78,8 @@ def _cpu() -> float:
 
 def run_pytest(copy: Path, tests: list[str], timeout: float, first_failure: bool = True) -> tuple[int, float, float, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "pytest", *(["-x"] if first_failure else ["-rf"]), "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", *(["-x"] if first_failure else ["-rf"]), "-q", "-p", "no:cacheprovider",
+           "-n", "0", *tests]  # one process: a mutant stops at its first failing test
     cpu0, wall0 = _cpu(), time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
