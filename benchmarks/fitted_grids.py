@@ -9,7 +9,7 @@ For each exact target of ``scoresde.data.toy.TARGETS`` (VPSDE, start from its pr
   reports); both fall back to the best standard grid when that is better on the validation draws
   (the tables say which);
 * **evaluate** every grid (fitted, DP, uniform / karras / log_snr, and Karras with sigma_min 0.03 /
-  0.1 as in the low-NFE benchmark) on ``--seeds`` *other* seeds of n = ``--n`` prior draws each:
+  0.1 / 0.3 as in the low-NFE benchmark) on ``--seeds`` *other* seeds of n = ``--n`` prior draws each:
   ``within_mode_errors`` (worst within-mode mean / covariance error, mode-weight error) over the
   i.i.d. floor of the same n, and the RMS distance to the teacher (RK45, rtol = atol = 1e-7) on the
   evaluation draws (generalisation gap = evaluation RMS / the fit's training RMS);
@@ -48,7 +48,8 @@ SAMPLERS = {  # label -> (sampler, NFE -> num_steps)
     "EDMHeun": (EDMHeun(), lambda nfe: (nfe + 1) // 2),
 }
 STANDARD = {"uniform": "uniform", "karras": "karras", "log_snr": "log_snr",
-            "karras smin=0.03": grids.Karras(sigma_min=0.03), "karras smin=0.1": grids.Karras(sigma_min=0.1)}
+            "karras smin=0.03": grids.Karras(sigma_min=0.03), "karras smin=0.1": grids.Karras(sigma_min=0.1),
+            "karras smin=0.3": grids.Karras(sigma_min=0.3)}
 GOALS = {10: 2.0, 20: 1.2}
 
 
@@ -251,7 +252,7 @@ def report(payload) -> str:
           "over the mean of its i.i.d. floor (**m/c/w**), **worst** = their maximum.  *fitted* = "
           "`scoresde.samplers.fitting.fit_grid` (LD3-style, started from the best of the standard grids and the DP grid), *DP* = the grid of `dp_grid` (GITS-style, computed inside the same fit); each falls back to the best "
           "standard grid on its validation draws (then the grid column names it).  *standard* = the best of uniform, "
-          "karras, log_snr and Karras with sigma_min 0.03 / 0.1.  Goals (issue 17): worst <= 2 at NFE 10, <= 1.2 at NFE 20.", ""]
+          "karras, log_snr and Karras with sigma_min 0.03 / 0.1 / 0.3.  Goals (issue 17): worst <= 2 at NFE 10, <= 1.2 at NFE 20.", ""]
     table, summary = [], {}
     for t in targets:
         for nfe in nfes:

@@ -5,8 +5,9 @@ file and trained on exactly as a user would, with ``scoresde-train data=file dat
 
 * ``old``: ``auto=false data.validation=0`` (the run of before issue 21: 6000 steps, no split, no checks);
 * ``new``: the defaults (``auto`` is on for a data file: 10 % held out, a pilot run chooses the input
-  features, checks every 1000 steps, training ends after 3 consecutive checks at floor or at 20 000 steps,
-  samples from ``best.pt`` with auto's ``quality.sampler``).
+  features, checks every 1000 steps, after 3 consecutive checks at floor at step s a cool-down of ceil(0.2 s)
+  steps with the learning rate going to 0 and the finish (``quality.cooldown``; rows run before it finished at
+  s), or the 20 000-step budget, samples from ``best.pt`` with auto's ``quality.sampler``).
 
 Both sample 2000 points with 400 NFE: ``old`` with the default sampler (PC-200), ``new`` with auto's
 final sampler (Euler-Maruyama, 400 steps; rows run before it have ``sampler`` PC-200 in the JSON's
@@ -29,6 +30,8 @@ Reproduce (the full grid of the issue: 8 data sets x 3 seeds x 2 recipes, about 
 ``--merge`` keeps the rows already in ``benchmarks/results/own_data.json`` (others are replaced when rerun);
 ``--rescore`` recomputes the measures of the stored rows from their run directories (no training);
 ``--add other.json`` merges the rows of parallel invocations.  Writes ``own_data.{json,md,png}``.
+``--tails label=<run dir> ...`` draws heavy_tailed runs' samples against fresh data
+(``own_data_heavy_tailed.png``: where their W2 comes from; no training).
 """
 from __future__ import annotations
 
@@ -271,6 +274,54 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def tails(run_dirs: list[str], path: Path) -> None:
+    """heavy_tailed: where a large W2 / iid comes from (``--tails``; own_data.md, "heavy_tailed seed 2").
+
+    For each run directory (label=dir): the samples' radii against fresh data (a scatter on symlog axes and
+    a log-radius histogram), the number beyond radius 70 (exact rate 1.65e-5 per sample) and W2 / iid with
+    the k largest-radius samples left out.  Writes ``path`` (PNG) and prints the numbers.
+    """
+    from matplotlib.figure import Figure
+
+    fresh = heavy_tailed(N_EVAL, np.random.default_rng([2, 7, 2026]))
+    pairs = [heavy_tailed(N_EVAL, np.random.default_rng([2, 8, 2026, i])) for i in range(2 * W2_PAIRS)]
+    iid = np.mean([exact_w2(a, b) for a, b in zip(pairs[:W2_PAIRS], pairs[W2_PAIRS:])])
+    runs = dict(a.split("=", 1) for a in run_dirs)
+    fig = Figure(figsize=(3.6 * (len(runs) + 1), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(runs) + 1)
+    bins = np.linspace(-3, 3.2, 50)
+    for ax, (label, run) in zip(axes, runs.items()):
+        x = np.load(Path(run) / "samples.npz")["samples"].astype(np.float64)
+        r = np.linalg.norm(x, axis=1)
+        order = np.argsort(r)
+        ratios = [np.mean([exact_w2(x[order[:len(x) - k]], p[:len(x) - k]) for p in pairs[:W2_PAIRS]]) / iid
+                  for k in (0, 2, 4, 8)]
+        far = r > 70
+        print(f"{label}: {far.sum()} of {len(x)} samples beyond radius 70 (exact 1.65e-5 each, "
+              f"{len(x) * 1.65e-5:.2f} expected), max radius {r.max():.0f}; W2/iid {ratios[0]:.2f}, without the "
+              f"2 / 4 / 8 largest-radius samples {ratios[1]:.2f} / {ratios[2]:.2f} / {ratios[3]:.2f}")
+        ax.scatter(fresh[:, 0], fresh[:, 1], s=2, c="k", alpha=0.4, label="fresh data")
+        ax.scatter(x[:, 0], x[:, 1], s=2, c="C3", alpha=0.5, label="samples")
+        ax.scatter(x[far, 0], x[far, 1], s=40, facecolors="none", edgecolors="C3", label=f"{far.sum()} beyond r = 70")
+        ax.set_xscale("symlog", linthresh=5)
+        ax.set_yscale("symlog", linthresh=5)
+        lim = max(1000.0, 1.2 * np.abs(x).max())
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_title(f"{label}: W2/iid {ratios[0]:.2f}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        axes[-1].hist(np.log10(r), bins=bins, histtype="step", lw=1.5, label=label)
+    axes[-1].hist(np.log10(np.linalg.norm(fresh, axis=1)), bins=bins, histtype="step", color="k", lw=1.5,
+                  label="fresh data")
+    axes[-1].set_yscale("log")
+    axes[-1].set_xlabel("log10 radius")
+    axes[-1].set_ylabel(f"count of {N_EVAL}")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(f"heavy_tailed (Student t, 3 dof): {N_EVAL} samples against {N_EVAL} fresh points (symlog axes)",
+                 fontsize=10)
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -282,7 +333,12 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS / "own_data.json"))
     parser.add_argument("--rescore", action="store_true", help="recompute the measures of the stored rows, no training")
     parser.add_argument("--add", nargs="*", default=[], help="JSON files of other invocations whose rows to merge in")
+    parser.add_argument("--tails", nargs="+", metavar="LABEL=RUN_DIR",
+                        help="heavy_tailed runs: the tail figure own_data_heavy_tailed.png (no training)")
     args = parser.parse_args()
+    if args.tails:
+        tails(args.tails, RESULTS / "own_data_heavy_tailed.png")
+        return
 
     json_path = Path(args.json)
     rows = json.loads(json_path.read_text())["rows"] if (args.merge or args.rescore or args.add) and json_path.exists() else []

@@ -11,11 +11,20 @@ lambda = log(alpha/sigma) = -log sigma_ve:
 * ``uniform_t``: uniform in t from T to t_min (``SDE.timesteps``; the grid of every sampler before
   grids existed, kept as their default so their results are unchanged).
 * ``karras`` (Karras et al. 2022, eq. 5): sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho)
-  - sigma_max^(1/rho)))^rho in sigma_ve, rho = 7; sigma_min/sigma_max default to the SDE's own
-  sigma_ve(t_min), sigma_ve(T).  k-diffusion's ``get_sigmas_karras`` without its appended 0.
-* ``log_snr``: uniform in lambda between lambda(T) and lambda(t_min) (geometric in sigma_ve; for VE
-  this is the uniform-t grid).  DPM-Solver's "logSNR" skip type.  On sub-VP, whose sigma_ve(t_min) is
-  ~1e-5, it spends many steps at negligible noise: prefer ``karras`` there.
+  - sigma_max^(1/rho)))^rho in sigma_ve, rho = 7.  k-diffusion's ``get_sigmas_karras`` without its
+  appended 0.
+* ``log_snr``: uniform in lambda between lambda(sigma_max) and lambda(sigma_min) (geometric in
+  sigma_ve; for VE with the SDE's own ends this is the uniform-t grid).  DPM-Solver's "logSNR" skip type.
+
+Both run from sigma_max (default: the SDE's own sigma_ve(T)) down to sigma_min, whose default is the
+**low-NFE end** ``default_sigma_min(sde, num_steps)`` (issue 17; ``docs/conventions.md``, "Low-NFE grid
+end"): on the default VP 0.3 up to 10 steps, then log-linear in num_steps (0.1 at 15 steps, 0.033 at
+20), never below the SDE's own sigma_ve(t_min), which long grids end at as before (VP: from 36 steps);
+step counts are scaled by the SDE's log-noise range (VESDE(): 0.3 up to 6 steps, 0.086 at 10).  The
+sampler's final denoise (Tweedie) takes the last step to sigma = 0 from there.  ``sigma_min="sde"`` (or
+the float sigma_ve(t_min) itself) ends at the SDE's own t_min: the grids of scoresde before the rule,
+bit for bit (grid names ``karras_sde``, ``log_snr_sde``).  On sub-VP, whose sigma_ve(t_min) is ~1e-6,
+long log-SNR grids spend many steps at negligible noise: prefer ``karras`` there.
 * ``ddpm_spacing`` (diffusers' ``timestep_spacing``) on a ``DiscreteVPSDE`` of N training steps, n
   inference steps, 0-based index j, knot t = (j + 1)/N:
   "leading" j = (arange(n) (N // n))[::-1] + steps_offset; "trailing" j = round(arange(N, 0, -N/n)) - 1;
@@ -45,15 +54,16 @@ import torch
 
 from ._checks import check_in, check_int, check_positive
 from ._io import atomic_write
-from .sdes import SDE
+from .sdes import SDE, VPSDE
 
 __all__ = [
-    "uniform_t", "karras", "log_snr", "ddpm_spacing",
+    "uniform_t", "karras", "log_snr", "ddpm_spacing", "default_sigma_min",
     "Grid", "UniformT", "Karras", "LogSNR", "DDPMSpacing", "FittedGrid",
     "GRID_NAMES", "resolve_grid", "check_ts",
 ]
 
 F64 = torch.float64
+_VP_REF = VPSDE()  # the noise range the low-NFE end's step counts refer to (default_sigma_min)
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -67,17 +77,77 @@ def _from_sigma_ve(sde: SDE, sigmas: torch.Tensor) -> torch.Tensor:
     return ts
 
 
-def _sigma_range(sde: SDE, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float, bool, bool]:
+SDE_END = "sde"  # sigma_min="sde": the SDE's own sigma_ve(t_min) (the grids before the low-NFE end)
+# The low-NFE end (docs/conventions.md, "Low-NFE grid end"): sigma~ = END_FLAT up to END_KNEE effective steps,
+# then divided by END_DECAY every END_SPAN effective steps (log-linear), never below the SDE's own end.
+END_FLAT, END_KNEE, END_DECAY, END_SPAN = 0.3, 10, 3.0, 5
+
+
+def _log_span(sde: SDE) -> float:
+    """log(sigma~(T) / sigma~(t_min)): the noise range a grid of the SDE's own ends covers."""
+    return math.log(_scalar(sde, sde.sigma_ve, sde.T) / _scalar(sde, sde.sigma_ve, sde.t_min))
+
+
+def default_sigma_min(sde: SDE, num_steps: int, sigma_max: float | None = None) -> float:
+    """The default end sigma~_min of the Karras and log-SNR grids of ``num_steps`` = N times (issue 17).
+
+    With N_eff = N * L_VP / L the steps per unit of the SDE's own log-noise range L = log(sigma~(T) /
+    sigma~(t_min)), relative to the default ``VPSDE()``'s L_VP = 11.93 (so N_eff = N there; VESDE() has
+    L = 7.6, N_eff = 1.57 N; sub-VP L = 18.8; ``VPSDE().discrete(1000)`` 9.7):
+
+        s = 0.3 for N_eff <= 10,  s = 0.3 * 3^(-(N_eff - 10)/5) beyond
+
+    (default VP: 0.19 at 12 steps, 0.1 at 15, 0.033 at 20, 0.011 at 25, 0.0037 at 30), returned as
+    max(s, sigma~(t_min)): long grids end at the SDE's own t_min, as before (VP: from 36 steps).
+    Measured on exact scores, VP and VE, 5-50 NFE (``benchmarks/results/sigma_min_low_nfe*.md``), and on
+    trained models (``..._trained.md``), where a slower decay (0.1 at 20 steps, better still on exact
+    scores) made DPM-Solver++ and UniPC 3-16 % worse in W2 at 20 steps; with this one they are 0-9 %
+    worse there, though 1.5-3x closer to the model's own converged ODE (``docs/conventions.md``, "Low-NFE
+    grid end").  The samplers work in sigma~ (EDM's variables), where VP and VE share one
+    probability-flow ODE: what sets the best end is how densely the N steps cover the noise range,
+    hence N_eff.  Where s is not below ``sigma_max`` (default sigma~(T): an SDE that never
+    reaches that noise level) the end is sigma~(t_min).  Continuous and non-increasing in N.
+
+    Keyed on the number of grid times N, not on NFE: NFE = N for DPM-Solver++ and UniPC, 2N - 1 for
+    EDM Heun (two evaluations per interval).  Measured, EDM Heun prefers the larger end of its N, not
+    of its NFE (VP, NFE 19, N = 10: 0.3 beats 0.1), which keying on N gives.
+    """
+    num_steps = check_int("num_steps", num_steps)
+    lo = _scalar(sde, sde.sigma_ve, sde.t_min)
+    hi = _scalar(sde, sde.sigma_ve, sde.T) if sigma_max is None else sigma_max
+    n_eff = num_steps * _log_span(_VP_REF) / _log_span(sde)
+    s = END_FLAT * END_DECAY ** (-max(n_eff - END_KNEE, 0.0) / END_SPAN)
+    return lo if s <= lo or s >= hi else s
+
+
+def _sigma_range(sde: SDE, num_steps: int, sigma_min, sigma_max) -> tuple[float, float, bool, bool]:
+    """(sigma_min, sigma_max, whether the grid ends exactly at t_min, whether it starts exactly at T)."""
     lo, hi = _scalar(sde, sde.sigma_ve, sde.t_min), _scalar(sde, sde.sigma_ve, sde.T)
-    smin = lo if sigma_min is None else check_positive("sigma_min", sigma_min)
-    smax = hi if sigma_max is None else check_positive("sigma_max", sigma_max)
+    _check_end("sigma_min", sigma_min)
+    _check_end("sigma_max", sigma_max, sde_allowed=False)
+    smax = hi if sigma_max is None else float(sigma_max)
+    if sigma_min is None:
+        smin = default_sigma_min(sde, num_steps, smax)
+    else:
+        smin = lo if sigma_min == SDE_END else float(sigma_min)
     tol = 1e-9
     if smin < lo * (1 - tol) or smax > hi * (1 + tol) or not smin < smax:
         raise ValueError(
             f"`sigma_min`, `sigma_max` must satisfy sigma_ve(t_min) = {lo:.6g} <= sigma_min < sigma_max <= "
             f"sigma_ve(T) = {hi:.6g} for this SDE, got sigma_min={smin:.6g}, sigma_max={smax:.6g}"
         )
-    return smin, smax, sigma_min is None, sigma_max is None
+    return smin, smax, smin == lo, smax == hi
+
+
+def _check_end(name: str, value, sde_allowed: bool = True) -> None:
+    """``sigma_min`` / ``sigma_max`` of a grid: None (the default), a number > 0, or (sigma_min) "sde"."""
+    if value is None or (sde_allowed and isinstance(value, str) and value == SDE_END):
+        return
+    if isinstance(value, str) or isinstance(value, bool):
+        allowed = ('None (the low-NFE default end), "sde" (the SDE\'s own sigma_ve(t_min)) or' if sde_allowed
+                   else "None or")
+        raise TypeError(f"`{name}` must be {allowed} a finite number > 0, got {value!r}")
+    check_positive(name, value)
 
 
 def uniform_t(sde: SDE, num_steps: int) -> torch.Tensor:
@@ -87,17 +157,18 @@ def uniform_t(sde: SDE, num_steps: int) -> torch.Tensor:
 
 
 def karras(
-    sde: SDE, num_steps: int, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None
+    sde: SDE, num_steps: int, rho: float = 7.0, sigma_min: float | str | None = None, sigma_max: float | None = None
 ) -> torch.Tensor:
     """EDM's grid (Karras et al. 2022, eq. 5) in sigma_ve = sigma/alpha, mapped back to t.
 
     sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i = 0..N-1.
-    ``sigma_min``/``sigma_max`` (in sigma_ve) default to sigma_ve(t_min), sigma_ve(T); then the grid
-    starts exactly at T and ends exactly at t_min.
+    ``sigma_max`` (in sigma_ve) defaults to sigma_ve(T), and the grid then starts exactly at T;
+    ``sigma_min`` defaults to the low-NFE end ``default_sigma_min(sde, num_steps)``; "sde" (or the
+    value sigma_ve(t_min)) ends exactly at t_min.
     """
     check_int("num_steps", num_steps)
     check_positive("rho", rho)
-    smin, smax, own_min, own_max = _sigma_range(sde, sigma_min, sigma_max)
+    smin, smax, own_min, own_max = _sigma_range(sde, num_steps, sigma_min, sigma_max)
     if num_steps == 1:
         return _from_sigma_ve(sde, torch.tensor([smax], dtype=F64))
     i = torch.arange(num_steps, dtype=F64)
@@ -111,16 +182,23 @@ def karras(
     return ts
 
 
-def log_snr(sde: SDE, num_steps: int) -> torch.Tensor:
-    """Uniform in lambda = log(alpha/sigma) from lambda(T) to lambda(t_min), mapped back to t."""
+def log_snr(
+    sde: SDE, num_steps: int, sigma_min: float | str | None = None, sigma_max: float | None = None
+) -> torch.Tensor:
+    """Uniform in lambda = log(alpha/sigma) = -log sigma_ve from -log sigma_max to -log sigma_min, mapped back to t.
+
+    ``sigma_min`` / ``sigma_max`` as in ``karras`` (defaults: the low-NFE end, sigma_ve(T)).
+    """
     check_int("num_steps", num_steps)
-    lam_T = -math.log(_scalar(sde, sde.sigma_ve, sde.T))
-    lam_min = -math.log(_scalar(sde, sde.sigma_ve, sde.t_min))
+    smin, smax, own_min, own_max = _sigma_range(sde, num_steps, sigma_min, sigma_max)
     if num_steps == 1:
-        return torch.tensor([sde.T], dtype=F64)
-    lam = torch.linspace(lam_T, lam_min, num_steps, dtype=F64)
+        return torch.tensor([sde.T], dtype=F64) if own_max else _from_sigma_ve(sde, torch.tensor([smax], dtype=F64))
+    lam = torch.linspace(-math.log(smax), -math.log(smin), num_steps, dtype=F64)
     ts = _from_sigma_ve(sde, torch.exp(-lam))
-    ts[0], ts[-1] = sde.T, sde.t_min
+    if own_max:
+        ts[0] = sde.T
+    if own_min:
+        ts[-1] = sde.t_min
     return ts
 
 
@@ -168,14 +246,13 @@ class Karras:
     """EDM/Karras rho-spacing in sigma_ve (``karras``)."""
 
     rho: float = 7.0
-    sigma_min: float | None = None
+    sigma_min: float | str | None = None
     sigma_max: float | None = None
 
     def __post_init__(self):
         check_positive("rho", self.rho)
-        for name in ("sigma_min", "sigma_max"):
-            if getattr(self, name) is not None:
-                check_positive(name, getattr(self, name))
+        _check_end("sigma_min", self.sigma_min)
+        _check_end("sigma_max", self.sigma_max, sde_allowed=False)
 
     def __call__(self, sde: SDE, num_steps: int) -> torch.Tensor:
         return karras(sde, num_steps, self.rho, self.sigma_min, self.sigma_max)
@@ -183,10 +260,17 @@ class Karras:
 
 @dataclass(frozen=True)
 class LogSNR:
-    """Uniform in log-SNR (``log_snr``)."""
+    """Uniform in log-SNR (``log_snr``); ``sigma_min`` / ``sigma_max`` as in ``Karras``."""
+
+    sigma_min: float | str | None = None
+    sigma_max: float | None = None
+
+    def __post_init__(self):
+        _check_end("sigma_min", self.sigma_min)
+        _check_end("sigma_max", self.sigma_max, sde_allowed=False)
 
     def __call__(self, sde: SDE, num_steps: int) -> torch.Tensor:
-        return log_snr(sde, num_steps)
+        return log_snr(sde, num_steps, self.sigma_min, self.sigma_max)
 
 
 @dataclass(frozen=True)
@@ -312,6 +396,8 @@ GRID_NAMES = {
     "uniform": UniformT(),
     "karras": Karras(),
     "log_snr": LogSNR(),
+    "karras_sde": Karras(sigma_min=SDE_END),
+    "log_snr_sde": LogSNR(sigma_min=SDE_END),
     "leading": DDPMSpacing("leading"),
     "trailing": DDPMSpacing("trailing"),
     "linspace": DDPMSpacing("linspace"),

@@ -3,7 +3,8 @@
 * The pilots choose the first candidate whose check is at floor, else the last (a stand-in sampler
   gives exact draws for one candidate, a 1.5x wider law for the others).
 * ``scoresde-train data=file`` (auto by default) records what it decided, samples from ``best.pt``
-  and says so; ``auto=false data.validation=0`` writes no check files, and turning checks on
+  and says so (with its ``quality.cooldown``, checked at the boundary); ``auto=false data.validation=0``
+  writes no check files, and turning checks on
   leaves the trained weights and (with ``quality.final=last``) the samples bit for bit the same.
 * auto's final sampler (``quality.sampler``, Euler-Maruyama 400) replaces only a sampler left at
   its default, and is what thin data need: with the exact score of a thin curve, PC-200 (the
@@ -84,6 +85,15 @@ def test_bad_arguments():
         choose_input_features(make, DATA, CONFIG, TARGET, candidates=())
 
 
+@pytest.mark.parametrize("cooldown", [-0.1, 1.5])
+def test_app_rejects_a_cooldown_outside_0_1_naming_the_key(cooldown):
+    quality = {"every": None, "num_samples": 2000, "patience": 3, "budget": 20000, "pilot_steps": 2000,
+               "candidates": [0, 64], "final": "best", "cooldown": cooldown}
+    cfg = OmegaConf.create({"auto": True, "resume": False, "model": {"input_features": 0}, "quality": quality})
+    with pytest.raises(ValueError, match=r"`quality.cooldown` must be in \[0, 1\]"):
+        train_app._quality_plan(cfg, DATA)
+
+
 @pytest.fixture(scope="module")
 def points_file(tmp_path_factory):
     rng = np.random.default_rng(0)
@@ -107,6 +117,7 @@ def test_app_auto_on_a_data_file(tmp_path, points_file):
     assert auto["auto"] and auto["input_features"] in (0, 64) and [p["input_features"] for p in auto["pilots"]] == [0]
     assert auto["sampler_rule"].startswith("the sampler given")  # FAST sets sampler.num_steps
     assert auto["num_steps_budget"] == 120 and auto["steps_trained"] == m["train"]["num_steps"]
+    assert auto["cooldown"]["fraction"] == 0.2  # conf/train.yaml's quality.cooldown; steps: None or [s, end]
     assert [c["step"] for c in checks["checks"]][:2] == [40, 80]
     assert sampled["step"] == checks["best"]["step"] and sampled["checkpoint"].endswith("best.pt")
     assert load_checkpoint(out / "best.pt")["step"] == sampled["step"]

@@ -286,6 +286,52 @@ def test_a_stochastic_grid_file_sets_the_per_step_noise_of_the_configured_sample
     assert not grid_fit and sampler.eta == (0.5, 1.0, 1.5) and sampler.grid == FittedGrid.load(path)
 
 
+def test_a_stochastic_grid_given_to_the_sampler_brings_its_noise(tmp_path):
+    """``EDMHeun(grid=FittedGrid.load(f))`` samples what was fitted (the file's per-step churn), the same as
+    ``configure`` and as the path; a non-zero scalar or a sampler without the field is refused."""
+    sde = VPSDE()
+    score = toy.TARGETS["eight_gaussians"]().score_fn(sde)
+    grid = FittedGrid(tuple(grids.karras(sde, 4).tolist()), repr(sde), "", "adasde", {}, "s_churn", (0.5, 1.0, 1.5, 0.0))
+    path = grid.save(tmp_path / "g.json")
+    by_value, by_path = EDMHeun(num_steps=4, grid=grid), EDMHeun(num_steps=4, grid=str(path))
+    configured = grid.configure(EDMHeun(num_steps=4, s_churn=3.0))
+    assert by_value.s_churn == by_path.s_churn == configured.s_churn == (0.5, 1.0, 1.5, 0.0)
+    xs = [s.run(score, sde, (16, 2), generator=torch.Generator().manual_seed(3)).x for s in (by_value, by_path, configured)]
+    assert torch.equal(xs[0], xs[1]) and torch.equal(xs[0], xs[2])
+    own = (1.0, 1.0, 1.0, 1.0)  # explicit per-step values win over the file's
+    assert EDMHeun(num_steps=4, grid=grid, s_churn=own).s_churn == own
+    with pytest.raises(ValueError, match="`s_churn` = 2.0, but the fitted grid carries per-step `s_churn`"):
+        EDMHeun(num_steps=4, grid=grid, s_churn=2.0)
+    with pytest.raises(ValueError, match="UniPC has no such field"):
+        UniPC(num_steps=4, grid=grid)
+
+
+def test_fit_teacher_pc_fits_a_stochastic_sampler_to_the_pc_samples_and_is_refused_for_a_deterministic_one():
+    import hashlib
+    import json
+
+    from scoresde.apps.fit_grid import FitSettings, cache_key, check_settings, fit
+
+    with pytest.raises(ValueError, match="fit.teacher"):
+        FitSettings(teacher="rk4")
+    with pytest.raises(ValueError, match="fit.teacher=pc is for stochastic samplers"):
+        check_settings(UniPC(num_steps=4), FitSettings(teacher="pc"))
+    sde, sampler = VPSDE(), DPMSolverPP(num_steps=4, eta=1.0)
+    score = gaussian().score_fn(sde)
+    small = dict(num_train=32, num_val=32, iterations=1)
+    res = fit(sampler, score, sde, (2,), FitSettings(teacher="pc", **small))
+    assert res.grid.info["teacher_nfe"] == 400  # PredictorCorrector(): 200 predictor + 200 corrector evaluations
+    assert fit(sampler, score, sde, (2,), FitSettings(**small)).grid.info["teacher_nfe"] != 400  # the PF-ODE (RK45)
+    # The cache name of a default fit is what it was before `teacher` existed (the settings without it).
+    src, data = {"score": "exact"}, "data"
+    old = {"sampler": repr(dataclasses.replace(sampler, grid="uniform")), "sde": repr(sde), "data": repr(data),
+           "source": src, "settings": {"method": "ld3", "num_train": 512, "num_val": 512, "iterations": 150,
+                                       "lr": 0.05, "seed": 0}, "version": 1}
+    want = hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert cache_key(sampler, sde, data, src, FitSettings()) == want
+    assert cache_key(sampler, sde, data, src, FitSettings(teacher="pc")) != want
+
+
 def test_fit_grid_app_writes_the_stochastic_file_and_sample_uses_it(tmp_path):
     from scoresde.apps import fit_grid, sample
     from test_apps import FAST, read_metrics, run_app

@@ -20,12 +20,16 @@ def _sigma_ve(sde, ts):
 
 
 @pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
-@pytest.mark.parametrize("name", ["uniform", "karras", "log_snr"])
+@pytest.mark.parametrize("name", ["uniform", "karras", "log_snr", "karras_sde", "log_snr_sde"])
 def test_grids_are_strictly_decreasing_float64_inside_the_time_range(sde, name):
     ts = grids.resolve_grid(name)(sde, 12)
     assert ts.dtype == F64 and ts.device.type == "cpu" and ts.shape == (12,)
     assert bool((ts[1:] < ts[:-1]).all())
-    assert float(ts[0]) == sde.T and float(ts[-1]) == pytest.approx(sde.t_min, abs=1e-15)
+    assert float(ts[0]) == sde.T
+    if name in ("karras", "log_snr"):  # the low-NFE end (its values: tests/test_grid_end.py)
+        assert float(_sigma_ve(sde, ts[-1:])) == pytest.approx(grids.default_sigma_min(sde, 12), rel=1e-9)
+    else:
+        assert float(ts[-1]) == pytest.approx(sde.t_min, abs=1e-15)
     torch.testing.assert_close(grids.check_ts(ts, sde), ts, rtol=0, atol=0)
 
 
@@ -36,10 +40,12 @@ def test_uniform_is_the_sdes_own_timesteps(sde):
 
 @pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
 @pytest.mark.parametrize("rho", [7.0, 3.0])
-def test_karras_is_edm_eq5_in_sigma_ve(sde, rho):
+@pytest.mark.parametrize("end", ["sde", None])
+def test_karras_is_edm_eq5_in_sigma_ve(sde, rho, end):
     n = 15
-    ts = grids.karras(sde, n, rho=rho)
-    smin = float(_sigma_ve(sde, torch.tensor([sde.t_min], dtype=F64)))
+    ts = grids.karras(sde, n, rho=rho, sigma_min=end)
+    own = float(_sigma_ve(sde, torch.tensor([sde.t_min], dtype=F64)))
+    smin = own if end == "sde" else grids.default_sigma_min(sde, n)  # the low-NFE end (tests/test_grid_end.py)
     smax = float(_sigma_ve(sde, torch.tensor([sde.T], dtype=F64)))
     i = torch.arange(n, dtype=F64)
     expected = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
@@ -66,7 +72,7 @@ def test_log_snr_is_uniform_in_lambda(sde):
 
 def test_log_snr_is_uniform_in_t_for_ve():
     sde = VESDE()
-    torch.testing.assert_close(grids.log_snr(sde, 9), sde.timesteps(9), rtol=0, atol=1e-12)
+    torch.testing.assert_close(grids.log_snr(sde, 9, sigma_min="sde"), sde.timesteps(9), rtol=0, atol=1e-12)
 
 
 # -- diffusers' timestep_spacing on a 1000-step chain, 50 inference steps (MATH.md, written out) --------

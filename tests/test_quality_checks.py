@@ -6,8 +6,12 @@
 * ``best.pt`` holds the EMA of the best check's step (checked against a run of exactly that many steps);
   ``quality_log.csv`` and ``state.log_scalar`` report every check; patience finishes the run after k
   consecutive checks at floor; a resumed run keeps the checks and the best one.
+* The cool-down (``cooldown`` with ``CoolDown`` as the lr schedule): the base schedule until patience
+  decides, then the lr linearly to 0 over ceil(c s) steps, a check at the end (marked ``cooled``,
+  ranked first when at floor) and the finish there; resumed in the middle it is the same run.
 """
 import csv
+import math
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +27,8 @@ from scoresde.models import ScoreMLP
 from scoresde.samplers import SampleResult
 from scoresde.training import TrainConfig, TrainingInterrupted, load_checkpoint, train
 from scoresde.training.callbacks import REPORT, STOP, Callback
-from scoresde.training.quality import BEST_NAME, QualityCheck, check_score
+from scoresde.training.quality import BEST_NAME, CoolDown, QualityCheck, check_score
+from scoresde.training.recipes import ConstantLR, WarmupCosine
 
 DATA = MixtureDataset(eight_gaussians())
 TARGET = DATA.mixture
@@ -154,7 +159,80 @@ def test_resume_keeps_the_checks_and_the_best(tmp_path):
     assert torch.equal(full.losses, resumed.losses)
 
 
+class LearningRates(Callback):
+    """Keeps the learning rate of every step (read after the step)."""
+
+    order = REPORT
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, state):
+        self.lrs.append(state.optimizer.param_groups[0]["lr"])
+
+
+def cooled_run(tmp_path, name, callbacks=(), resume=False, num_steps=400):
+    """Checks every 50 steps of exact draws, patience 2, cool-down 0.3, with the lr of ``CoolDown``."""
+    checks = check(sampler=ExactDraws(TARGET), every=50, patience=2, cooldown=0.3)
+    base = ConstantLR(20)
+    result = train(model(), DATA, config(num_steps, checkpoint_dir=str(tmp_path / name)), resume=resume,
+                   lr_schedule=CoolDown(base, checks), callbacks=[checks, *callbacks])
+    return checks, result
+
+
+def test_cooldown_takes_the_lr_linearly_to_zero_then_finishes_on_the_cooled_model(tmp_path):
+    lrs = LearningRates()
+    checks, result = cooled_run(tmp_path, "a", [lrs])
+    start, end = checks.cooldown_steps
+    # patience decided at a check (two in a row at floor), the cool-down is ceil(0.3 start) steps, then the end
+    floors = [r["overall"] == "at floor" for r in checks.records if r["step"] <= start]
+    assert floors[-2:] == [True, True] and start % 50 == 0 and end == start + math.ceil(0.3 * start) < 400
+    assert checks.finished_early and len(result.losses) == end and checks.records[-1]["step"] == end
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["step"] == end
+    # the base schedule (lr 1e-3 after 20 warm-up steps) until the decision, then linear to 0 over the cool-down
+    lr = TrainConfig().lr
+    assert lrs.lrs[:start] == [lr * ConstantLR(20)(k, 400) for k in range(start)]
+    expected = [lr * (end - k) / (end - start) for k in range(start, end)]
+    assert lrs.lrs[start:] == pytest.approx(expected, rel=1e-12) and lrs.lrs[-1] == pytest.approx(lr / (end - start))
+    # the cooled check is marked, and at floor it ranks above every other check at floor (best.pt is its model)
+    cooled = checks.records[-1]
+    assert cooled.get("cooled") and not any(r.get("cooled") for r in checks.records[:-1])
+    if cooled["overall"] == "at floor":
+        assert checks.best["step"] == end
+        assert load_checkpoint(tmp_path / "a" / BEST_NAME)["step"] == end
+    assert check_score(cooled) > check_score({**cooled, "cooled": False}) or cooled["overall"] != "at floor"
+
+
+def test_cooldown_resumed_in_the_middle_is_the_same_run(tmp_path):
+    whole, full = cooled_run(tmp_path, "a")
+    start, end = whole.cooldown_steps
+    with pytest.raises(TrainingInterrupted):
+        cooled_run(tmp_path, "b", [StopAt((start + end) // 2)])
+    second, resumed = cooled_run(tmp_path, "b", resume=True)
+    assert second.cooldown_steps == (start, end) and second.finished_early
+    assert torch.equal(full.losses, resumed.losses)
+    for (name, p), q in zip(full.ema_model.state_dict().items(), resumed.ema_model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_cooldown_schedule_is_its_base_until_the_decision():
+    checks = check(cooldown=0.5)
+    base = WarmupCosine(warmup_steps=10, min_factor=0.1)
+    schedule = CoolDown(base, checks)
+    assert [schedule(k, 1000) for k in range(1000)] == [base(k, 1000) for k in range(1000)]
+    checks.cooldown_steps = (400, 600)
+    assert [schedule(k, 1000) for k in range(400)] == [base(k, 1000) for k in range(400)]
+    assert schedule(400, 1000) == base(400, 1000) and schedule(500, 1000) == pytest.approx(base(400, 1000) / 2)
+    assert schedule(599, 1000) == pytest.approx(base(400, 1000) / 200) and schedule(700, 1000) == 0.0
+    with pytest.raises(TypeError, match="`base` must be a schedule"):
+        CoolDown(1.0, checks)
+    with pytest.raises(TypeError, match="`check` must be a QualityCheck"):
+        CoolDown(base, object())
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"cooldown": 1.5}, "`cooldown` must be a number in \\[0, 1\\]"),
+    ({"cooldown": -0.1}, "`cooldown` must be a number in \\[0, 1\\]"),
     ({"every": 0}, "`every` must be an integer >= 1"),
     ({"num_samples": 5}, "`num_samples` must be an integer >= 10"),
     ({"patience": -1}, "`patience` must be an integer >= 0"),

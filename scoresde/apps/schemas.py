@@ -247,6 +247,7 @@ class QualityConfig:
     every: Optional[int] = None  # steps between checks; None: 1000 with auto, no checks without
     num_samples: int = 2000  # points sampled (probability-flow ODE, Heun, 25 steps) and assessed per check
     patience: int = 3  # auto: finish after this many consecutive checks at floor (0: never)
+    cooldown: float = 0.2  # auto: before an early finish, ceil(cooldown * steps) more with the lr to 0 (quality.CoolDown)
     budget: int = 20000  # auto: train.num_steps (the most steps a run may take)
     pilot_steps: int = 2000  # auto: steps of each candidate's pilot run
     candidates: List[int] = field(default_factory=lambda: [0, 64])  # auto: model.input_features to choose from

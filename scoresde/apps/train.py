@@ -63,7 +63,8 @@ import dataclasses
 from .._io import atomic_write_with, probe_writable
 from ..data.files import FileDataset
 from ..training.checkpoints import load_weights
-from ..training.quality import BEST_NAME, QualityCheck, choose_input_features, validation_target
+from ..training.quality import BEST_NAME, CoolDown, QualityCheck, choose_input_features, validation_target
+from ..training.recipes import ConstantLR
 from ..training.loop import CHECKPOINT_NAME, TrainingInterrupted, _summary_writer_class, train
 from . import config_dir, figures
 from .common import (EVAL_DATA, MODEL_INIT, JobRecord, detach_parameters, evaluate_likelihood, make_generator,
@@ -141,10 +142,14 @@ def _run(cfg: DictConfig, out: Path) -> float | None:
             target = validation_target(data)
             checks = QualityCheck(target, every=every, num_samples=cfg.quality.num_samples,
                                   patience=cfg.quality.patience if auto else 0, seed=cfg.seed,
-                                  log_file=out / "quality_log.csv", eval_seed=cfg.eval.seed)
+                                  log_file=out / "quality_log.csv", eval_seed=cfg.eval.seed,
+                                  cooldown=float(cfg.quality.cooldown) if auto and not _distributed() else 0.0)
             if auto:
                 model, decided = _auto_model(cfg, sde, data, train_config, recipe, checks, model)
                 decided.update(sampler=repr(sampler), sampler_rule=sampler_rule)
+                if checks.cooldown and checks.patience:  # the early finish cools the lr down first (quality.CoolDown)
+                    base = recipe["lr_schedule"] or ConstantLR(train_config.warmup_steps)  # None: the loop's own
+                    recipe = {**recipe, "lr_schedule": CoolDown(base, checks)}
         try:
             with user_errors("train"):  # resume / checkpoint problems are found before the first step
                 result = train(model, data, train_config, resume=cfg.resume, log_file=out / "train_log.csv",
@@ -222,6 +227,8 @@ def _quality_plan(cfg: DictConfig, data) -> tuple[bool, int | None]:
     for key, lo in (("num_samples", 10), ("patience", 0), ("budget", 1), ("pilot_steps", 1)):
         if q[key] < lo:
             raise ValueError(f"`quality.{key}` must be >= {lo}, got {q[key]}")
+    if not 0 <= q.get("cooldown", 0) <= 1:
+        raise ValueError(f"`quality.cooldown` must be in [0, 1] (a fraction of the steps done), got {q.cooldown}")
     if q.every is not None and q.every < 1:
         raise ValueError(f"`quality.every` must be null or >= 1, got {q.every}")
     if q.final not in ("best", "last"):
@@ -232,6 +239,11 @@ def _quality_plan(cfg: DictConfig, data) -> tuple[bool, int | None]:
     if auto and cfg.resume:  # the pilots ran in the first call; the resumed run keeps its model
         log.info("auto=true with resume=true: continuing the run's own model, no pilot runs")
     return auto, every
+
+
+def _distributed() -> bool:
+    """Under torchrun: no cool-down (``QualityCheck`` runs on rank 0 only, and the lr must agree on every rank)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _auto_sampler(cfg: DictConfig, record, sampler):
@@ -287,6 +299,7 @@ def _use_best(record, cfg: DictConfig, checks: QualityCheck, decided: dict, ema,
                                          "cpu_s": checks.seconds, "checks": checks.records, "best": best}
     if decided:
         decided["finished_early"] = checks.finished_early
+        decided["cooldown"] = {"fraction": checks.cooldown, "steps": checks.cooldown_steps}
         decided["steps_trained"] = steps
         record["train"]["auto"] = decided
     used = {"checkpoint": str(ckpt_dir / CHECKPOINT_NAME), "step": steps}

@@ -304,11 +304,33 @@ class FixedGridSampler(Sampler):
     final_from_time_tensor = False
 
     def check_grid_fields(self) -> None:
-        """Validate ``num_steps``, ``grid`` and ``denoise`` (call from ``__post_init__``)."""
+        """Validate ``num_steps``, ``grid`` and ``denoise`` (call from ``__post_init__``, before the
+        sampler's own per-step coefficient is checked).
+
+        A stochastic fitted grid (``FittedGrid`` with ``coefficient``, e.g. a file of
+        ``scoresde-fit-grid`` for ``EDMHeun`` with churn) brings its per-step noise: the sampler takes
+        ``coefficients`` for that field when the field is left at 0 (``EDMHeun(grid=FittedGrid.load(f))``
+        samples what was fitted, as ``sampler.grid=<file>`` does); explicit per-step values win (what
+        ``FittedGrid.configure`` and the fits pass); a non-zero scalar, or a sampler without the field,
+        is an error rather than noise silently dropped or replaced."""
         check_steps("num_steps", self.num_steps)
-        resolve_grid(self.grid)
+        grid = resolve_grid(self.grid)
         if not isinstance(self.denoise, bool):
             raise TypeError(f"`denoise` must be a bool, got {self.denoise!r}")
+        name = getattr(grid, "coefficient", "")
+        if not name:
+            return
+        if not hasattr(self, name):
+            raise ValueError(f"this fitted grid carries per-step `{name}` for {grid.sampler}; "
+                             f"{type(self).__name__} has no such field (refit the grid for this sampler)")
+        value = getattr(self, name)
+        if isinstance(value, (list, tuple)):
+            return
+        if value != 0:
+            raise ValueError(f"`{name}` = {value!r}, but the fitted grid carries per-step `{name}` "
+                             f"{list(grid.coefficients)}: leave `{name}` at 0 to sample with them, or give "
+                             f"your own per-step values")
+        object.__setattr__(self, name, grid.coefficients)
 
     def make_grid(self, sde: SDE) -> torch.Tensor:
         """The grid of ``num_steps`` times from ``self.grid`` (float64 CPU)."""

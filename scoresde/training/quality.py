@@ -16,7 +16,7 @@ parameters checked (``due.check``, ``due.params``), then, in ``on_check``:
 
     x = sampler.run(ema.score_fn, sde, [num_samples, *D], generator=G_step)    G_step: its own generator
     q = evaluation.floors.assess(x, target, metrics=...)                        calibrated, floors cached
-    best = the latest check with the largest (overall verdict at floor, -headline value)
+    best = the latest check with the largest (overall at floor, at floor after the cool-down, -headline)
 
 logs ``val_<headline>``, ``val_at_floor`` (1 / 0, the overall verdict) and ``val_p_min`` (the smallest
 overall p-value) by
@@ -31,8 +31,20 @@ copy that every checkpoint makes, so a run with checks is bit for bit the run wi
 (Ranking by the smallest p-value instead picked step 1000 of a 3000-step two-moons run whose
 headline was 30, over step 3000 at 8.)  With ``patience = k > 0``
 the run finishes early (``due.finish``) after k consecutive checks at floor.  The state (checks so
-far, the best one, the run of checks at floor) is kept in every checkpoint (``state_key``), so a
-resumed run keeps its best value.
+far, the best one, the run of checks at floor, the cool-down) is kept in every checkpoint
+(``state_key``), so a resumed run keeps its best value and its schedule.
+
+**The cool-down before an early finish** (``cooldown = c > 0``, with ``CoolDown`` as the run's
+learning-rate schedule; auto's default c = 0.2).  The base schedule (cosine) spans the whole budget,
+so a run that finishes early would keep a model trained at a high learning rate (at step 11 000 of
+20 000, 0.42 of the peak), whose checks wander in and out of the floor band from one thousand steps
+to the next (the S-curve: at floor at 7000, above at 8000-10 000).  So when patience decides the finish
+after s steps, the run trains ceil(c s) more steps with the factor going linearly from the one it had
+to 0 (the "decay" of a warm-up-stable-decay schedule, Hägele et al. 2024), checks once more at the
+end (``record["cooled"]``) and finishes there.  Ranking: (at floor, at floor and cooled, -headline),
+so the cooled model is sampled when its check is at floor, else the best earlier check as before.
+A run that never reaches patience (the full budget) is unchanged, bit for bit: the schedule is its
+base until the decision.
 
 **The adaptive recipe** (``choose_input_features``): the candidates (the plain MLP, then input
 Fourier features) in order of capacity; a short pilot run of each but the last with the run's own
@@ -64,7 +76,7 @@ from ..samplers import ProbabilityFlowODE
 from .callbacks import EVALUATE, Callback, TrainState, sync_buffers
 from .checkpoints import save_checkpoint
 
-__all__ = ["QualityCheck", "validation_target", "check_score", "choose_input_features", "BEST_NAME",
+__all__ = ["QualityCheck", "CoolDown", "validation_target", "check_score", "choose_input_features", "BEST_NAME",
            "DEFAULT_CHECK_METRICS", "HELD_OUT_METRICS"]
 
 log = logging.getLogger(__name__)
@@ -86,9 +98,10 @@ def validation_target(data: Any) -> Any:
     return data
 
 
-def check_score(record: dict) -> tuple[bool, float]:
-    """The rank of a check's record, larger is better: (overall verdict at floor, -headline value)."""
-    return (record["overall"] == "at floor", -record["value"])
+def check_score(record: dict) -> tuple[bool, bool, float]:
+    """The rank of a check's record, larger is better: (at floor, at floor after a cool-down, -headline value)."""
+    at_floor = record["overall"] == "at floor"
+    return (at_floor, at_floor and bool(record.get("cooled")), -record["value"])
 
 
 def _default_sampler():
@@ -107,12 +120,16 @@ class QualityCheck(Callback):
         metrics: ``assess``'s metrics (default ``DEFAULT_CHECK_METRICS``, plus the within-mode
             errors for a mixture target; ``HELD_OUT_METRICS``, the headline alone, for a ``HeldOut``).
         patience: 0 (never) or k > 0: finish the run after k consecutive checks at floor.
+        cooldown: with ``patience``: 0 (finish at once) or c in (0, 1]: when the finish is decided after
+            s steps, train ceil(c s) more (at most to the budget) with the learning rate of ``CoolDown``
+            going linearly to 0, check once more at the end, and finish there (module docstring).
         seed: the checks' sampling seed (the generator of the check at step s is seeded from (seed, s)).
         log_file: None or a CSV file of one row per check (appended to when resuming).
         eval_seed: ``assess``'s yardstick seed.
         cache: ``assess``'s ``FloorCache`` (default: a new one in memory; the first check pays for the floors).
 
-    After the run: ``records`` (one dict per check), ``best`` (the best check, or None), ``finished_early``.
+    After the run: ``records`` (one dict per check), ``best`` (the best check, or None), ``finished_early``,
+    ``cooldown_steps`` (None, or (s, end): the cool-down's first and last step).
     """
 
     order = EVALUATE
@@ -121,24 +138,27 @@ class QualityCheck(Callback):
 
     def __init__(self, target: Any, every: int = 1000, num_samples: int = 1000, sampler: Any = None,
                  metrics=None, patience: int = 0, seed: int = 0, log_file: str | Path | None = None,
-                 eval_seed: int = 0, cache: FloorCache | None = None):
+                 eval_seed: int = 0, cache: FloorCache | None = None, cooldown: float = 0.0):
         for name, value, lo in (("every", every, 1), ("num_samples", num_samples, 10), ("patience", patience, 0),
                                 ("seed", seed, 0), ("eval_seed", eval_seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ValueError(f"`{name}` must be an integer >= {lo}, got {value!r}")
+        if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not 0 <= cooldown <= 1:
+            raise ValueError(f"`cooldown` must be a number in [0, 1] (a fraction of the steps done), got {cooldown!r}")
         if not callable(getattr(target, "sample", None)):
             raise TypeError(f"`target` must have sample(k, generator, dtype=) (a data set or mixture), got {target!r}")
         self.target, self.every, self.num_samples, self.patience = target, every, num_samples, patience
         self.sampler = _default_sampler() if sampler is None else sampler
         if not callable(getattr(self.sampler, "run", None)):
             raise TypeError(f"`sampler` must be a scoresde sampler with run(...), got {self.sampler!r}")
-        self.metrics = metrics
+        self.metrics, self.cooldown = metrics, float(cooldown)
         self.seed, self.eval_seed, self.log_file = seed, eval_seed, log_file
         self.cache = FloorCache() if cache is None else cache
         self.records: list[dict] = []
         self.best: dict | None = None
         self.at_floor_run = 0
         self.finished_early = False
+        self.cooldown_steps: tuple[int, int] | None = None
         self.seconds = 0.0
         self._due = False
         self._csv = None
@@ -146,7 +166,8 @@ class QualityCheck(Callback):
     # -- state kept in checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"records": [dict(r) for r in self.records], "best": None if self.best is None else dict(self.best),
-                "at_floor_run": self.at_floor_run, "seconds": self.seconds}
+                "at_floor_run": self.at_floor_run, "seconds": self.seconds,
+                "cooldown_steps": None if self.cooldown_steps is None else list(self.cooldown_steps)}
 
     def on_start(self, state: TrainState) -> None:
         kept = state.resumed_callbacks.get(self.state_key) if state.start else None
@@ -154,6 +175,8 @@ class QualityCheck(Callback):
             self.records = [dict(r) for r in kept.get("records", [])]
             self.best = None if kept.get("best") is None else dict(kept["best"])
             self.at_floor_run, self.seconds = int(kept.get("at_floor_run", 0)), float(kept.get("seconds", 0.0))
+            steps = kept.get("cooldown_steps")
+            self.cooldown_steps = None if steps is None else (int(steps[0]), int(steps[1]))
         if self.log_file is not None:
             fresh = not state.start or not Path(self.log_file).exists()
             self._csv = open(self.log_file, "w" if fresh else "a", newline="")
@@ -162,7 +185,8 @@ class QualityCheck(Callback):
 
     # -- the check -------------------------------------------------------------------------------
     def on_step_end(self, state: TrainState) -> None:
-        self._due = state.step % self.every == 0 or state.step == state.num_steps
+        self._due = state.step % self.every == 0 or state.step == state.num_steps or \
+            (self.cooldown_steps is not None and state.step == self.cooldown_steps[1])
         if self._due:
             state.due.check = state.due.params = True  # the guard checks the parameters before we sample them
 
@@ -173,6 +197,9 @@ class QualityCheck(Callback):
         start = time.process_time()
         quality = self.evaluate(state.ema, state.model, state.step)
         record = self._record(state.step, quality)
+        cooled = self.cooldown_steps is not None and state.step == self.cooldown_steps[1]
+        if cooled:
+            record["cooled"] = True
         record["cpu_s"] = time.process_time() - start
         self.seconds += record["cpu_s"]
         self.records.append(record)
@@ -193,10 +220,21 @@ class QualityCheck(Callback):
         log.info("step %d: validation %s %.3g (floor <= %.3g), overall %s (p_min %.3g)%s", state.step,
                  record["headline"], record["value"], record["floor_p95"], record["overall"], record["p_min"],
                  "; best so far" if improved else "")
-        if self.patience and self.at_floor_run >= self.patience and state.step < state.num_steps:
+        if cooled and state.step < state.num_steps:
             self.finished_early = True
             state.due.finish = state.due.save = True
-            log.info("step %d: %d consecutive checks at floor: training finishes", state.step, self.at_floor_run)
+            log.info("step %d: cool-down done: training finishes", state.step)
+        elif self.patience and self.at_floor_run >= self.patience and state.step < state.num_steps \
+                and self.cooldown_steps is None:
+            if self.cooldown:
+                end = min(state.num_steps, state.step + math.ceil(self.cooldown * state.step))
+                self.cooldown_steps = (state.step, end)
+                log.info("step %d: %d consecutive checks at floor: the learning rate goes to 0 by step %d, "
+                         "then training finishes", state.step, self.at_floor_run, end)
+            else:
+                self.finished_early = True
+                state.due.finish = state.due.save = True
+                log.info("step %d: %d consecutive checks at floor: training finishes", state.step, self.at_floor_run)
 
     def evaluate(self, ema: torch.nn.Module, model: torch.nn.Module | None, step: int) -> dict:
         """``assess`` of ``num_samples`` points of ``ema`` (its own generator, seeded from (seed, step))."""
@@ -240,6 +278,35 @@ class QualityCheck(Callback):
         if self._csv is not None:
             self._csv.close()
             self._csv = None
+
+
+class CoolDown:
+    """A learning-rate schedule ``schedule(step, num_steps) -> factor`` with ``check``'s cool-down (WSD-style).
+
+    ``base(step, num_steps)`` until ``check.cooldown_steps = (s, end)`` is set (by its patience), then
+    base(s, num_steps) (end - step) / (end - s) for the 0-based steps s <= step < end: linear from the
+    factor the run had to 1 / (end - s) of it at its last step (Hägele et al. 2024, "Scaling laws and
+    compute-optimal training beyond fixed training durations": warm-up, stable, decay).  It reads the
+    check's state at every step, so a resumed run (the check keeps ``cooldown_steps`` in checkpoints)
+    follows the same schedule; before a cool-down it is ``base`` exactly.
+    """
+
+    def __init__(self, base: Callable[[int, int], float], check: QualityCheck):
+        if not callable(base):
+            raise TypeError(f"`base` must be a schedule(step, num_steps) -> factor, got {base!r}")
+        if not isinstance(check, QualityCheck):
+            raise TypeError(f"`check` must be a QualityCheck, got {type(check).__name__}")
+        self.base, self.check = base, check
+
+    def __call__(self, step: int, num_steps: int) -> float:
+        steps = self.check.cooldown_steps
+        if steps is None or step < steps[0]:
+            return self.base(step, num_steps)
+        start, end = steps
+        return self.base(start, num_steps) * max(0, end - step) / (end - start)
+
+    def __repr__(self) -> str:
+        return f"CoolDown({self.base!r}, cooldown={self.check.cooldown})"
 
 
 # -- the adaptive recipe ---------------------------------------------------------------------------
