@@ -150,6 +150,14 @@ def _check_end(name: str, value, sde_allowed: bool = True) -> None:
     check_positive(name, value)
 
 
+def _check_ends(sigma_min, sigma_max) -> None:
+    """Both ends of a grid object, checked once where they are given (the SDE's range is checked at the call)."""
+    _check_end("sigma_min", sigma_min)
+    _check_end("sigma_max", sigma_max, sde_allowed=False)
+    if isinstance(sigma_min, (int, float)) and isinstance(sigma_max, (int, float)) and sigma_min >= sigma_max:
+        raise ValueError(f"`sigma_min` must be < `sigma_max`, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+
+
 def uniform_t(sde: SDE, num_steps: int) -> torch.Tensor:
     """``num_steps`` times uniform in t from T to t_min: ``sde.timesteps(num_steps)`` (float64)."""
     check_int("num_steps", num_steps)
@@ -251,8 +259,7 @@ class Karras:
 
     def __post_init__(self):
         check_positive("rho", self.rho)
-        _check_end("sigma_min", self.sigma_min)
-        _check_end("sigma_max", self.sigma_max, sde_allowed=False)
+        _check_ends(self.sigma_min, self.sigma_max)
 
     def __call__(self, sde: SDE, num_steps: int) -> torch.Tensor:
         return karras(sde, num_steps, self.rho, self.sigma_min, self.sigma_max)
@@ -266,8 +273,7 @@ class LogSNR:
     sigma_max: float | None = None
 
     def __post_init__(self):
-        _check_end("sigma_min", self.sigma_min)
-        _check_end("sigma_max", self.sigma_max, sde_allowed=False)
+        _check_ends(self.sigma_min, self.sigma_max)
 
     def __call__(self, sde: SDE, num_steps: int) -> torch.Tensor:
         return log_snr(sde, num_steps, self.sigma_min, self.sigma_max)
@@ -309,7 +315,9 @@ class FittedGrid:
     ``coefficient`` the name of the sampler field ("s_churn" of ``EDMHeun``, "eta" of
     ``DPMSolverPP``) and ``coefficients`` its per-step values; ``configure(sampler)`` gives the
     sampler with both the grid and the coefficients (``sampler.grid=<file>.json`` on the command
-    line does that).  Empty for the deterministic fits.
+    line does that), and a sampler given the grid with that field left at 0 takes them too
+    (``EDMHeun(grid=FittedGrid.load(f))``; ``FixedGridSampler.check_grid_fields``).  Empty for the
+    deterministic fits.
     """
 
     ts: tuple[float, ...]

@@ -162,3 +162,10 @@ def test_bad_ends_are_named(cls):
         fn(sde, 5, sigma_min="SDE")
     with pytest.raises(ValueError, match="num_steps"):
         grids.default_sigma_min(sde, 0)
+
+
+@pytest.mark.parametrize("cls", [grids.Karras, grids.LogSNR])
+def test_grid_objects_refuse_an_end_above_the_start_when_they_are_made(cls):
+    with pytest.raises(ValueError, match="`sigma_min` must be < `sigma_max`, got sigma_min=2.0, sigma_max=1.0"):
+        cls(sigma_min=2.0, sigma_max=1.0)
+    cls(sigma_min=0.5, sigma_max=1.0)  # a valid pair is accepted
