@@ -102,12 +102,13 @@ def instantiate_sampler(cfg: DictConfig):
     file of a stochastic fit (``sampler.grid=<file>.json``) also sets the sampler's per-step noise."""
     sampler_cfg, grid_fit = wants_fit(cfg.sampler)
     grid = OmegaConf.select(sampler_cfg, "grid")
-    if isinstance(grid, str) and grid.endswith(".json") and resolve_grid(grid).coefficient:
+    fitted = resolve_grid(grid) if isinstance(grid, str) and grid.endswith(".json") else None
+    if fitted is not None and fitted.coefficient:
         # the file's per-step noise replaces the config's scalar (e.g. dpmpp_2m_sde's eta: 1.0)
         node = OmegaConf.to_container(sampler_cfg)
         node.pop("grid")
-        sampler = resolve_grid(grid).configure(instantiate(OmegaConf.create(node), _convert_="all"))
-        log.info("sampler.grid=%s: per-step %s from the file", grid, sampler.grid.coefficient)
+        sampler = fitted.configure(instantiate(OmegaConf.create(node), _convert_="all"))
+        log.info("sampler.grid=%s: per-step %s from the file", grid, fitted.coefficient)
     else:
         sampler = instantiate(sampler_cfg, _convert_="all")
     if grid_fit:
